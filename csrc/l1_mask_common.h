@@ -1,0 +1,167 @@
+// Argument checking and output allocation shared by every native backend.
+//
+// The ops (see ops.cpp) take a list of score tensors; `l1_mask` is the list of
+// one. A backend receives MaskJobs whose tensors are contiguous, so its
+// kernels index them by flat (row-major) position, which is the order ties
+// are broken in.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/util/Exception.h>
+
+#include <optional>
+#include <vector>
+
+#include "magnitude_key.h"
+
+namespace pruneext {
+
+template <typename scalar_t>
+struct KeyOf;
+template <>
+struct KeyOf<float> {
+  using type = Float32Key;
+};
+template <>
+struct KeyOf<double> {
+  using type = Float64Key;
+};
+template <>
+struct KeyOf<c10::Half> {
+  using type = Float16Key;
+};
+template <>
+struct KeyOf<c10::BFloat16> {
+  using type = BFloat16Key;
+};
+
+struct MaskJob {
+  at::Tensor scores;  // contiguous, one of the four float types
+  at::Tensor prev;    // contiguous previous mask, or undefined (all ones)
+  at::Tensor out;     // contiguous result in the work mask dtype
+  at::ScalarType final_dtype;  // what the caller gets back (prev's, else scores')
+};
+
+struct MaskProblem {
+  std::vector<MaskJob> jobs;
+  int64_t k = 0;
+  bool among_alive = false;
+  at::ScalarType score_dtype = at::kFloat;
+  at::ScalarType mask_dtype = at::kFloat;  // the dtype the kernel writes
+};
+
+inline bool is_kernel_score_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+inline bool is_kernel_mask_dtype(at::ScalarType t) {
+  return is_kernel_score_dtype(t) || t == at::kBool || t == at::kByte;
+}
+
+// Validates the arguments of l1_mask / l1_mask_global and allocates outputs.
+inline MaskProblem prepare_problem(
+    at::TensorList scores,
+    const std::vector<std::optional<at::Tensor>>& prev_masks,
+    int64_t k,
+    bool among_alive,
+    const char* op_name) {
+  TORCH_CHECK(k >= 0, op_name, ": k must be non-negative, got ", k);
+  TORCH_CHECK(
+      prev_masks.empty() || prev_masks.size() == scores.size(), op_name,
+      ": expected one default mask per score tensor (or none), got ", prev_masks.size(),
+      " masks for ", scores.size(), " tensors");
+  MaskProblem p;
+  p.k = k;
+  p.among_alive = among_alive;
+  if (scores.empty()) {
+    TORCH_CHECK(k == 0, op_name, ": k=", k, " but there is nothing to prune");
+    return p;
+  }
+  p.score_dtype = scores[0].scalar_type();
+  TORCH_CHECK_TYPE(
+      is_kernel_score_dtype(p.score_dtype), op_name,
+      ": scores must be float32, float64, float16 or bfloat16, got ", p.score_dtype);
+  const auto device = scores[0].device();
+  std::optional<at::ScalarType> mask_dtype;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    const auto& s = scores[i];
+    TORCH_CHECK_TYPE(
+        s.scalar_type() == p.score_dtype, op_name,
+        ": all score tensors must share one dtype, got ", p.score_dtype, " and ",
+        s.scalar_type());
+    TORCH_CHECK(
+        s.device() == device, op_name, ": all tensors must be on one device, got ",
+        device, " and ", s.device());
+    if (!prev_masks.empty() && prev_masks[i].has_value()) {
+      const auto& m = *prev_masks[i];
+      TORCH_CHECK(
+          m.sizes() == s.sizes(), op_name, ": default mask of shape ", m.sizes(),
+          " does not match scores of shape ", s.sizes());
+      TORCH_CHECK(
+          m.device() == device, op_name, ": default mask on ", m.device(),
+          " but scores on ", device);
+      TORCH_CHECK_TYPE(
+          is_kernel_mask_dtype(m.scalar_type()), op_name,
+          ": unsupported default mask dtype ", m.scalar_type());
+      TORCH_CHECK_TYPE(
+          !mask_dtype.has_value() || *mask_dtype == m.scalar_type(), op_name,
+          ": all default masks must share one dtype, got ", *mask_dtype, " and ",
+          m.scalar_type());
+      mask_dtype = m.scalar_type();
+    }
+  }
+  p.mask_dtype = mask_dtype.value_or(p.score_dtype);
+  p.jobs.reserve(scores.size());
+  for (size_t i = 0; i < scores.size(); ++i) {
+    MaskJob job;
+    job.scores = scores[i].contiguous();
+    const bool has_prev = !prev_masks.empty() && prev_masks[i].has_value();
+    if (has_prev) {
+      job.prev = prev_masks[i]->contiguous();
+    }
+    job.final_dtype = has_prev ? p.mask_dtype : p.score_dtype;
+    job.out = at::empty(scores[i].sizes(), scores[i].options().dtype(p.mask_dtype));
+    p.jobs.push_back(std::move(job));
+  }
+  return p;
+}
+
+inline std::vector<at::Tensor> finish_problem(MaskProblem& p) {
+  std::vector<at::Tensor> outs;
+  outs.reserve(p.jobs.size());
+  for (auto& job : p.jobs) {
+    outs.push_back(
+        job.out.scalar_type() == job.final_dtype ? job.out : job.out.to(job.final_dtype));
+  }
+  return outs;
+}
+
+inline std::vector<std::optional<at::Tensor>> to_vector(
+    const c10::List<std::optional<at::Tensor>>& masks) {
+  std::vector<std::optional<at::Tensor>> v;
+  v.reserve(masks.size());
+  for (const auto& m : masks) {
+    v.push_back(m);
+  }
+  return v;
+}
+
+// Dispatch over the four score types and six mask types the kernels handle.
+#define PRUNEEXT_DISPATCH_SCORES(TYPE, NAME, ...)                              \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+#define PRUNEEXT_DISPATCH_MASKS(TYPE, NAME, ...)                                 \
+  [&] {                                                                          \
+    switch (TYPE) {                                                              \
+      case at::kFloat: { using mask_t = float; return __VA_ARGS__(); }           \
+      case at::kDouble: { using mask_t = double; return __VA_ARGS__(); }         \
+      case at::kHalf: { using mask_t = c10::Half; return __VA_ARGS__(); }        \
+      case at::kBFloat16: { using mask_t = c10::BFloat16; return __VA_ARGS__(); }\
+      case at::kBool: { using mask_t = bool; return __VA_ARGS__(); }             \
+      case at::kByte: { using mask_t = uint8_t; return __VA_ARGS__(); }          \
+      default: TORCH_CHECK_TYPE(false, NAME, ": unsupported mask dtype ", TYPE);  \
+    }                                                                            \
+  }()
+
+}  // namespace pruneext

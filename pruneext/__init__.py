@@ -1,0 +1,68 @@
+"""pruneext: magnitude pruning on fast kernels, a drop-in for torch.nn.utils.prune.
+
+    import pruneext as prune
+    prune.l1_unstructured(model.fc, "weight", amount=0.5)
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=0.2)
+
+The masks come from radix-select kernels (C++ on CPU, CUDA, Triton) chosen
+per device by pruneext.backends; see README.md for what differs from torch.
+"""
+from . import _reference  # noqa: F401  (registers the torch backend)
+from . import _native  # noqa: F401  (loads _C; registers cpu and cuda)
+from . import ops
+from .backends import available_backends, get_backend, set_backend, use_backend
+from .functional import (
+    custom_from_mask,
+    global_unstructured,
+    identity,
+    is_pruned,
+    l1_unstructured,
+    ln_structured,
+    random_structured,
+    random_unstructured,
+    remove,
+)
+from .methods import (
+    BasePruningMethod,
+    CustomFromMask,
+    Identity,
+    L1Unstructured,
+    LnStructured,
+    PruningContainer,
+    RandomStructured,
+    RandomUnstructured,
+)
+from ._info import build_info
+
+try:  # the Triton backend registers itself when Triton can run here
+    from . import triton as _triton_backend  # noqa: F401
+except ImportError:
+    pass
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BasePruningMethod",
+    "CustomFromMask",
+    "Identity",
+    "L1Unstructured",
+    "LnStructured",
+    "PruningContainer",
+    "RandomStructured",
+    "RandomUnstructured",
+    "available_backends",
+    "build_info",
+    "custom_from_mask",
+    "get_backend",
+    "global_unstructured",
+    "identity",
+    "is_pruned",
+    "l1_unstructured",
+    "ln_structured",
+    "ops",
+    "random_structured",
+    "random_unstructured",
+    "remove",
+    "set_backend",
+    "use_backend",
+]

@@ -1,0 +1,72 @@
+"""The compiled backends: load pruneext._C and register `cpu` and `cuda`.
+
+Both are the same two operators, torch.ops.pruneext.l1_mask and
+l1_mask_global; the PyTorch dispatcher runs the CPU or CUDA kernel by the
+tensors' device. Importing never compiles: if _C cannot load, pruneext keeps
+working on the torch backend and says why in a warning.
+"""
+import warnings
+
+import torch
+
+from . import backends
+
+LOAD_ERROR = None
+try:
+    from . import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
+except (ImportError, OSError) as e:
+    LOAD_ERROR = f"{type(e).__name__}: {e}"
+    warnings.warn(
+        f"pruneext: compiled kernels not loaded ({LOAD_ERROR}); using the torch backend. "
+        "Build them with `pip install --no-build-isolation -e .`",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def has_kernel(op, dispatch_key):
+    """Whether torch.ops.pruneext.<op> has an implementation for the key."""
+    if LOAD_ERROR is not None:
+        return False
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"pruneext::{op}", dispatch_key)
+
+
+if LOAD_ERROR is None:
+
+    @torch.library.register_fake("pruneext::l1_mask")
+    def _l1_mask_fake(scores, k, default_mask=None, among_alive=False):
+        dtype = default_mask.dtype if default_mask is not None else scores.dtype
+        return scores.new_empty(scores.shape, dtype=dtype)
+
+    @torch.library.register_fake("pruneext::l1_mask_global")
+    def _l1_mask_global_fake(scores, k, default_masks, among_alive=False):
+        masks = default_masks or [None] * len(scores)
+        return [
+            s.new_empty(s.shape, dtype=m.dtype if m is not None else s.dtype)
+            for s, m in zip(scores, masks)
+        ]
+
+
+def _l1_mask(scores, k, default_mask=None, among_alive=False):
+    return torch.ops.pruneext.l1_mask(scores, k, default_mask, among_alive)
+
+
+def _l1_mask_global(scores, k, default_masks, among_alive=False):
+    return torch.ops.pruneext.l1_mask_global(scores, k, default_masks, among_alive)
+
+
+def _register(name, dispatch_key, device_available, why_no_device):
+    if LOAD_ERROR is not None:
+        backends.mark_unavailable(name, f"pruneext._C did not load ({LOAD_ERROR})")
+    elif not has_kernel("l1_mask", dispatch_key):
+        backends.mark_unavailable(name, f"pruneext._C was built without {name.upper()} kernels")
+    elif not device_available:
+        backends.mark_unavailable(name, why_no_device)
+    else:
+        backends.register(
+            backends.Backend(name, (name,), _l1_mask, _l1_mask_global)
+        )
+
+
+_register("cpu", "CPU", True, "")
+_register("cuda", "CUDA", torch.cuda.is_available(), "built with CUDA kernels, but no CUDA device is visible")

@@ -1,0 +1,114 @@
+"""The `torch` backend: the mask ops in plain PyTorch, on torch.topk.
+
+Always available, any device, any real dtype. It is the oracle the kernels
+are tested against, so it is written for clarity: it builds an int64 key
+tensor and, for the global op, concatenates the list (the kernels must not).
+It keeps the same rules as the kernels: the magnitude key of
+csrc/magnitude_key.h (NaN largest, all NaNs tie, -0.0 ties +0.0) and ties
+broken by the lowest flat index.
+"""
+import torch
+
+from . import backends
+
+# dtype -> (integer view of the same width, bit pattern of +inf)
+_FLOAT_BITS = {
+    torch.float32: (torch.int32, 0x7F800000),
+    torch.float64: (torch.int64, 0x7FF0000000000000),
+    torch.float16: (torch.int16, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7F80),
+}
+_INT64_MAX = torch.iinfo(torch.int64).max
+
+
+def magnitude_key(scores):
+    """int64 keys, flat in row-major order, that order like |scores|."""
+    flat = scores.reshape(-1)
+    if scores.dtype in _FLOAT_BITS:
+        int_dtype, inf_bits = _FLOAT_BITS[scores.dtype]
+        width = torch.iinfo(int_dtype).bits
+        abs_mask = (1 << (width - 1)) - 1
+        key = flat.contiguous().view(int_dtype).to(torch.int64) & abs_mask
+        return torch.where(key > inf_bits, torch.full_like(key, abs_mask), key)
+    if scores.dtype.is_floating_point or scores.dtype.is_complex or scores.dtype == torch.bool:
+        raise TypeError(f"L1 pruning needs real float or integer scores, got {scores.dtype}")
+    return flat.to(torch.int64).abs()
+
+
+def _select(key, k, alive):
+    """Bool tensor: the k alive entries of smallest key, ties lowest index."""
+    if k == 0:
+        return torch.zeros_like(key, dtype=torch.bool)
+    ranked = key if alive is None else key.masked_fill(~alive, _INT64_MAX)
+    n_alive = key.numel() if alive is None else int(alive.sum())
+    if k > n_alive:
+        raise RuntimeError(f"l1_mask: k={k} exceeds the {n_alive} entries that can be pruned")
+    threshold = torch.topk(ranked, k, largest=False, sorted=False).values.max()
+    below = ranked < threshold
+    ties = ranked == threshold
+    if alive is not None:
+        ties &= alive
+    remaining = k - below.sum()
+    return below | (ties & (ties.cumsum(0) <= remaining))
+
+
+def _alive(default_mask, among_alive):
+    if among_alive and default_mask is not None:
+        return default_mask.reshape(-1) == 1
+    return None
+
+
+def _apply(selected, scores, default_mask):
+    if default_mask is None:
+        out = torch.ones(scores.shape, dtype=scores.dtype, device=scores.device)
+    else:
+        out = default_mask.clone(memory_format=torch.contiguous_format)
+    return out.masked_fill_(selected.view(out.shape), 0)
+
+
+def _check_mask(scores, default_mask):
+    if default_mask is not None and default_mask.shape != scores.shape:
+        raise RuntimeError(
+            f"l1_mask: default mask of shape {tuple(default_mask.shape)} does not match "
+            f"scores of shape {tuple(scores.shape)}"
+        )
+
+
+def l1_mask(scores, k, default_mask=None, among_alive=False):
+    _check_mask(scores, default_mask)
+    selected = _select(magnitude_key(scores), k, _alive(default_mask, among_alive))
+    return _apply(selected, scores, default_mask)
+
+
+def l1_mask_global(scores, k, default_masks, among_alive=False):
+    if not default_masks:
+        default_masks = [None] * len(scores)
+    if not scores:
+        if k != 0:
+            raise RuntimeError(f"l1_mask_global: k={k} but there is nothing to prune")
+        return []
+    for s, m in zip(scores, default_masks):
+        _check_mask(s, m)
+    key = torch.cat([magnitude_key(s) for s in scores])
+    alive = None
+    if among_alive and any(m is not None for m in default_masks):
+        alive = torch.cat(
+            [
+                torch.ones(s.numel(), dtype=torch.bool, device=s.device) if m is None else _alive(m, True)
+                for s, m in zip(scores, default_masks)
+            ]
+        )
+    selected = _select(key, k, alive).split([s.numel() for s in scores])
+    return [_apply(sel, s, m) for sel, s, m in zip(selected, scores, default_masks)]
+
+
+backends.register(
+    backends.Backend(
+        name="torch",
+        devices=("cpu", "cuda", "mps", "xpu"),
+        l1_mask=l1_mask,
+        l1_mask_global=l1_mask_global,
+        score_dtypes=None,
+        mask_dtypes=None,
+    )
+)

@@ -1,0 +1,134 @@
+"""Backends: who computes the masks, and how one is chosen.
+
+A backend implements the two mask ops (see pruneext.ops) for some devices
+and dtypes. `torch` (pure PyTorch, torch.topk) is always present; the kernel
+backends (`cpu`, `cuda`, `triton`) register themselves when they load.
+
+The choice, in order: `use_backend(...)` in the current context, else
+`set_backend(...)`, else the environment variable PRUNEEXT_BACKEND, else
+"auto". "auto" takes, per tensor, the fastest registered backend that serves
+its device and dtype (the table _AUTO_ORDER). An explicitly chosen backend
+that cannot serve a tensor raises; it never switches silently.
+"""
+import contextlib
+import contextvars
+import os
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+AUTO = "auto"
+KNOWN = ("torch", "cpu", "cuda", "triton")
+
+# Fastest first, per device type; devices not listed get the torch backend.
+_AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "torch"),
+    "cpu": ("cpu", "torch"),
+}
+
+KERNEL_SCORE_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
+KERNEL_MASK_DTYPES = KERNEL_SCORE_DTYPES | {torch.bool, torch.uint8}
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    devices: tuple  # device types served, e.g. ("cpu",)
+    l1_mask: Callable
+    l1_mask_global: Callable
+    score_dtypes: Optional[frozenset] = KERNEL_SCORE_DTYPES  # None: any real dtype
+    mask_dtypes: Optional[frozenset] = KERNEL_MASK_DTYPES
+
+    def refusal(self, device_type, score_dtype, mask_dtype):
+        """Why this backend cannot serve such tensors, or None if it can."""
+        if device_type not in self.devices:
+            return (
+                f"pruneext backend {self.name!r} cannot serve tensors on device "
+                f"{device_type!r} (it serves {', '.join(self.devices)})"
+            )
+        if self.score_dtypes is not None and score_dtype not in self.score_dtypes:
+            return f"pruneext backend {self.name!r} does not support scores of dtype {score_dtype}"
+        if mask_dtype is not None and self.mask_dtypes is not None and mask_dtype not in self.mask_dtypes:
+            return f"pruneext backend {self.name!r} does not support masks of dtype {mask_dtype}"
+        return None
+
+
+_registry = {}
+_unavailable = {name: "not loaded" for name in KNOWN}
+
+
+def register(backend: Backend):
+    _registry[backend.name] = backend
+    _unavailable.pop(backend.name, None)
+
+
+def mark_unavailable(name, reason):
+    _registry.pop(name, None)
+    _unavailable[name] = reason
+
+
+def available_backends():
+    """Names of the backends that can run here, in the order of KNOWN."""
+    return [name for name in KNOWN if name in _registry]
+
+
+def unavailable_backends():
+    """{name: reason} for the backends that cannot run here."""
+    return dict(_unavailable)
+
+
+def _check_name(name):
+    if name is None:
+        return AUTO
+    if not isinstance(name, str) or (name != AUTO and name not in KNOWN):
+        raise ValueError(
+            f"unknown pruneext backend {name!r}; choose one of: {', '.join((AUTO,) + KNOWN)}"
+        )
+    return name
+
+
+_global_choice = _check_name(os.environ.get("PRUNEEXT_BACKEND") or None)
+_context_choice = contextvars.ContextVar("pruneext_backend", default=None)
+
+
+def set_backend(name):
+    """Choose the backend for this process ("auto" or None: per tensor)."""
+    global _global_choice
+    _global_choice = _check_name(name)
+
+
+def get_backend():
+    """The backend name in force here ("auto" unless one was chosen)."""
+    return _context_choice.get() or _global_choice
+
+
+@contextlib.contextmanager
+def use_backend(name):
+    """Choose the backend within a `with` block (this thread/context only)."""
+    token = _context_choice.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _context_choice.reset(token)
+
+
+def resolve(device, score_dtype, mask_dtype=None) -> Backend:
+    """The backend that computes masks for such tensors."""
+    device_type = torch.device(device).type
+    choice = get_backend()
+    if choice == AUTO:
+        for name in _AUTO_ORDER.get(device_type, ("torch",)):
+            backend = _registry.get(name)
+            if backend is not None and backend.refusal(device_type, score_dtype, mask_dtype) is None:
+                return backend
+        # Only the torch backend is left; let it explain what it refuses.
+        choice = "torch"
+    backend = _registry.get(choice)
+    if backend is None:
+        raise RuntimeError(f"pruneext backend {choice!r} is not available: {_unavailable[choice]}")
+    reason = backend.refusal(device_type, score_dtype, mask_dtype)
+    if reason is not None:
+        error = TypeError if device_type in backend.devices else RuntimeError
+        raise error(reason)
+    return backend

@@ -1,0 +1,121 @@
+"""The functions of torch.nn.utils.prune, on pruneext's methods.
+
+`global_unstructured` with an L1Unstructured method ranks all parameters in
+one kernel call (pruneext.ops.l1_mask_global) without concatenating them;
+torch's builds flat copies of every parameter and mask (about 12x the
+parameter bytes of extra memory). Other methods take torch's algorithm.
+"""
+from collections.abc import Iterable
+
+import torch
+from torch.nn.utils import prune as _torch_prune
+
+from . import methods, ops
+from ._amount import checked_k
+
+# torch's own, unchanged: they act on any BasePruningMethod hook, ours included.
+remove = _torch_prune.remove
+is_pruned = _torch_prune.is_pruned
+
+
+def identity(module, name):
+    methods.Identity.apply(module, name)
+    return module
+
+
+def random_unstructured(module, name, amount):
+    methods.RandomUnstructured.apply(module, name, amount)
+    return module
+
+
+def l1_unstructured(module, name, amount, importance_scores=None):
+    methods.L1Unstructured.apply(module, name, amount=amount, importance_scores=importance_scores)
+    return module
+
+
+def random_structured(module, name, amount, dim):
+    methods.RandomStructured.apply(module, name, amount, dim)
+    return module
+
+
+def ln_structured(module, name, amount, n, dim, importance_scores=None):
+    methods.LnStructured.apply(module, name, amount, n, dim, importance_scores=importance_scores)
+    return module
+
+
+def custom_from_mask(module, name, mask):
+    methods.CustomFromMask.apply(module, name, mask)
+    return module
+
+
+def global_unstructured(parameters, pruning_method, importance_scores=None, **kwargs):
+    """Prune the `(module, name)` pairs of `parameters` together, as
+    torch.nn.utils.prune.global_unstructured does."""
+    if not isinstance(parameters, Iterable):
+        raise TypeError("global_unstructured(): parameters is not an Iterable")
+    parameters = list(parameters)  # torch reads a generator twice and sees it empty
+    importance_scores = importance_scores if importance_scores is not None else {}
+    if not isinstance(importance_scores, dict):
+        raise TypeError("global_unstructured(): importance_scores must be of type dict")
+    if not parameters:
+        raise RuntimeError("global_unstructured(): parameters is empty")
+
+    scores = [importance_scores.get((module, name), getattr(module, name)) for module, name in parameters]
+    masks = [getattr(module, name + "_mask", None) for module, name in parameters]
+    _check_one_device(scores + [m for m in masks if m is not None])
+    for (module, name), s in zip(parameters, scores):
+        param = getattr(module, name)
+        if s.shape != param.shape:
+            raise AssertionError(
+                f"importance_scores should have the same shape as parameter "
+                f"{name} of {module}, got {s.shape} vs {param.shape}"
+            )
+
+    method = pruning_method(**kwargs)
+    method._tensor_name = "temp"
+    if method.PRUNING_TYPE != "unstructured":
+        raise TypeError(
+            'Only "unstructured" PRUNING_TYPE supported for '
+            f"the `pruning_method`. Found method {pruning_method} of type {method.PRUNING_TYPE}"
+        )
+    if not methods._is_l1_unstructured(method):
+        return _global_by_concatenation(parameters, method, scores, masks)
+
+    alive = sum(s.numel() if m is None else int((m == 1).sum()) for s, m in zip(scores, masks))
+    k = checked_k(method.amount, alive)
+    new_masks = ops.l1_mask_global(scores, k, masks, among_alive=True)
+
+    # Every check is done and every mask computed: now change the modules.
+    plans = []
+    for (module, name), mask in zip(parameters, new_masks):
+        param = getattr(module, name)
+        mask = mask.to(device=param.device, dtype=param.dtype)
+        # The hook holds the very buffer, not a slice of a flat copy.
+        method = methods.CustomFromMask(mask)
+        method._tensor_name = name
+        plans.append((methods._PrunePlan(module, name, method), mask))
+    for plan, mask in plans:
+        plan.commit(mask)
+
+
+def _check_one_device(tensors):
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        raise TypeError("Found two parameters on different devices, this is currently not supported.")
+
+
+def _global_by_concatenation(parameters, method, scores, masks):
+    """torch's algorithm, for pruning methods no kernel implements."""
+    flat_scores = torch.cat([s.reshape(-1) for s in scores])
+    flat_mask = torch.cat(
+        [(torch.ones_like(s) if m is None else m).reshape(-1) for s, m in zip(scores, masks)]
+    )
+    container = methods.PruningContainer()
+    container._tensor_name = "temp"
+    container.add_pruning_method(method)
+    final_mask = container.compute_mask(flat_scores, flat_mask)
+    pointer = 0
+    for module, name in parameters:
+        param = getattr(module, name)
+        custom_from_mask(module, name, mask=final_mask[pointer : pointer + param.numel()].view_as(param))
+        pointer += param.numel()

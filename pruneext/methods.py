@@ -1,0 +1,208 @@
+"""Pruning methods: torch.nn.utils.prune's classes, on pruneext's kernels.
+
+Every class subclasses its torch.nn.utils.prune namesake, so isinstance
+checks, torch's `remove` / `is_pruned`, and mixed containers all work. What
+changes:
+
+* L1Unstructured computes its mask with pruneext.ops.l1_mask (a radix-select
+  kernel) instead of torch.topk, and PruningContainer takes the same fast path
+  when its newest method is an L1Unstructured (ours or torch's): the kernel
+  skips pruned entries itself instead of gathering the live ones into a copy.
+* `apply` is transactional: the method is built (and its amount checked) and
+  the mask computed before the module is touched, so a failed call leaves the
+  module exactly as it was. torch removes the old hook first and loses it when
+  a re-prune fails.
+* Re-pruning a parameter pruned by either library builds a pruneext
+  PruningContainer (a new object; the old hook is left unchanged).
+"""
+import torch
+from torch.nn.utils import prune as _torch_prune
+
+from . import ops
+from ._amount import checked_k
+
+
+def _pruning_hooks(module, name):
+    return [
+        (key, hook)
+        for key, hook in module._forward_pre_hooks.items()
+        if isinstance(hook, _torch_prune.BasePruningMethod) and hook._tensor_name == name
+    ]
+
+
+class BasePruningMethod(_torch_prune.BasePruningMethod):
+    """torch's BasePruningMethod with a transactional `apply`."""
+
+    @classmethod
+    def apply(cls, module, name, *args, importance_scores=None, **kwargs):
+        method = cls(*args, **kwargs)
+        method._tensor_name = name
+        plan = _PrunePlan(module, name, method)
+        plan.compute(importance_scores)
+        plan.commit()
+        return plan.method
+
+    def first_mask(self, t, like):
+        """The mask of a parameter pruned for the first time (its default mask
+        is all ones, with `like`'s dtype and device)."""
+        return self.compute_mask(t, default_mask=torch.ones_like(like))
+
+
+class _PrunePlan:
+    """One `apply`: everything is checked and computed before `commit`
+    changes the module, so a failure leaves the module untouched."""
+
+    def __init__(self, module, name, method):
+        hooks = _pruning_hooks(module, name)
+        if len(hooks) > 1:
+            raise AssertionError(
+                f"Avoid adding multiple pruning hooks to the "
+                f"same tensor {name} of module {module}. Use a PruningContainer."
+            )
+        self.module, self.name = module, name
+        self.old_key = hooks[0][0] if hooks else None
+        if hooks:
+            method = PruningContainer.extending(hooks[0][1], method)
+        self.method = method
+        self.mask = None
+
+    @property
+    def first_time(self):
+        return self.old_key is None
+
+    def compute(self, importance_scores=None):
+        orig = getattr(self.module, self.name)
+        if importance_scores is not None:
+            if importance_scores.shape != orig.shape:
+                raise AssertionError(
+                    f"importance_scores should have the same shape as parameter "
+                    f"{self.name} of {self.module}, got {importance_scores.shape} vs {orig.shape}"
+                )
+        else:
+            importance_scores = orig
+        if self.first_time:
+            if not isinstance(orig, torch.nn.Parameter) and orig is not None:
+                # what register_parameter would raise, before any work
+                raise TypeError(
+                    f"cannot assign '{torch.typename(orig)}' object to parameter "
+                    f"'{self.name}_orig' (torch.nn.Parameter or None required)"
+                )
+            self.mask = self.method.first_mask(importance_scores, orig)
+        else:
+            current = getattr(self.module, self.name + "_mask").detach()
+            self.mask = self.method.compute_mask(importance_scores, default_mask=current)
+
+    def commit(self, mask=None):
+        module, name = self.module, self.name
+        mask = self.mask if mask is None else mask
+        if self.first_time:
+            orig = getattr(module, name)
+            module.register_parameter(name + "_orig", orig)
+            del module._parameters[name]
+        old_mask = module._buffers.get(name + "_mask")
+        try:
+            module.register_buffer(name + "_mask", mask)
+            setattr(module, name, self.method.apply_mask(module))
+        except Exception:
+            if self.first_time:
+                module._buffers.pop(name + "_mask", None)
+                if name in module.__dict__:
+                    delattr(module, name)
+                module.register_parameter(name, module._parameters.pop(name + "_orig"))
+            else:
+                module.register_buffer(name + "_mask", old_mask)
+            raise
+        if self.old_key is not None:
+            del module._forward_pre_hooks[self.old_key]
+        module.register_forward_pre_hook(self.method)
+
+
+def _is_l1_unstructured(method):
+    """L1 methods whose compute_mask is the plain L1 rule (ours or torch's,
+    not a subclass that overrides it): the kernels can stand in for them."""
+    return type(method).compute_mask in (
+        L1Unstructured.compute_mask,
+        _torch_prune.L1Unstructured.compute_mask,
+    )
+
+
+class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
+    """torch's PruningContainer; an L1Unstructured newest method takes the
+    kernel path, and compute_mask never modifies `default_mask`."""
+
+    def __init__(self, *args):
+        # torch's __init__ cannot take several methods (it compares against a
+        # _tensor_name it has not set yet); name the container after the first.
+        self._pruning_methods = ()
+        if args and isinstance(args[0], _torch_prune.BasePruningMethod):
+            self._tensor_name = args[0]._tensor_name
+        for method in args:
+            self.add_pruning_method(method)
+
+    @classmethod
+    def extending(cls, old, method):
+        """A new container holding `old`'s methods (or `old`) then `method`."""
+        previous = tuple(old) if isinstance(old, _torch_prune.PruningContainer) else (old,)
+        container = cls(*previous)
+        container._tensor_name = old._tensor_name
+        container.add_pruning_method(method)
+        return container
+
+    def compute_mask(self, t, default_mask):
+        method = self._pruning_methods[-1]
+        if _is_l1_unstructured(method):
+            # The new method only sees the entries the mask left at 1, and a
+            # float amount is a fraction of those.
+            alive = int((default_mask == 1).sum())
+            k = checked_k(method.amount, alive)
+            mask = ops.l1_mask(t, k, default_mask=default_mask, among_alive=True)
+            return mask.to(dtype=t.dtype)  # torch's container answers in t's dtype
+        return super().compute_mask(t, default_mask.clone(memory_format=torch.contiguous_format))
+
+
+class L1Unstructured(BasePruningMethod, _torch_prune.L1Unstructured):
+    """Zero the `amount` entries of smallest |t| (ties: lowest flat index)."""
+
+    def compute_mask(self, t, default_mask):
+        k = checked_k(self.amount, t.nelement())
+        return ops.l1_mask(t, k, default_mask=default_mask)
+
+    def first_mask(self, t, like):
+        k = checked_k(self.amount, t.nelement())
+        return ops.l1_mask(t, k).to(device=like.device, dtype=like.dtype)
+
+    @classmethod
+    def apply(cls, module, name, amount, importance_scores=None):
+        return super().apply(module, name, amount=amount, importance_scores=importance_scores)
+
+
+class Identity(BasePruningMethod, _torch_prune.Identity):
+    @classmethod
+    def apply(cls, module, name):
+        return super().apply(module, name)
+
+
+class RandomUnstructured(BasePruningMethod, _torch_prune.RandomUnstructured):
+    @classmethod
+    def apply(cls, module, name, amount):
+        return super().apply(module, name, amount=amount)
+
+
+class RandomStructured(BasePruningMethod, _torch_prune.RandomStructured):
+    @classmethod
+    def apply(cls, module, name, amount, dim=-1):
+        return super().apply(module, name, amount=amount, dim=dim)
+
+
+class LnStructured(BasePruningMethod, _torch_prune.LnStructured):
+    @classmethod
+    def apply(cls, module, name, amount, n, dim, importance_scores=None):
+        return super().apply(
+            module, name, amount=amount, n=n, dim=dim, importance_scores=importance_scores
+        )
+
+
+class CustomFromMask(BasePruningMethod, _torch_prune.CustomFromMask):
+    @classmethod
+    def apply(cls, module, name, mask):
+        return super().apply(module, name, mask=mask)

@@ -1,0 +1,54 @@
+"""The two mask operations, routed to the backend in force (pruneext.backends).
+
+    l1_mask(scores, k, default_mask=None, among_alive=False) -> Tensor
+    l1_mask_global(scores, k, default_masks=None, among_alive=False) -> list[Tensor]
+
+Semantics, identical on every backend: select the k entries of smallest
+magnitude |scores| (only among entries whose default mask is 1 when
+`among_alive`); NaN is the largest magnitude; ties go to the lowest flat
+(row-major) index, and in the global op to the earlier tensor of the list.
+The result is the default mask (1 where there is none) with the selected
+entries set to 0: contiguous, with the default mask's dtype (else the scores'
+dtype), on the scores' device. The global op ranks all tensors together
+without concatenating them.
+"""
+import functools
+
+import torch
+
+from . import backends
+
+
+def l1_mask(scores, k, default_mask=None, among_alive=False):
+    scores = scores.detach()
+    if default_mask is not None:
+        default_mask = default_mask.detach()
+    backend = backends.resolve(
+        scores.device, scores.dtype, None if default_mask is None else default_mask.dtype
+    )
+    return backend.l1_mask(scores, int(k), default_mask, bool(among_alive))
+
+
+def _common_dtype(tensors):
+    return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+
+
+def l1_mask_global(scores, k, default_masks=None, among_alive=False):
+    scores = [s.detach() for s in scores]
+    masks = [None if m is None else m.detach() for m in (default_masks or [None] * len(scores))]
+    if len(masks) != len(scores):
+        raise ValueError(f"expected {len(scores)} default masks, got {len(masks)}")
+    if not scores:
+        return backends.resolve("cpu", torch.float32).l1_mask_global([], int(k), [], bool(among_alive))
+    devices = {t.device for t in scores} | {m.device for m in masks if m is not None}
+    if len(devices) > 1:
+        raise TypeError(f"l1_mask_global: all tensors must be on one device, got {sorted(map(str, devices))}")
+    # The kernels rank one key type and write one mask type per call: promote
+    # mixed lists as torch.cat would (these casts copy only the odd tensors).
+    score_dtype = _common_dtype(scores)
+    scores = [s if s.dtype == score_dtype else s.to(score_dtype) for s in scores]
+    given = [m for m in masks if m is not None]
+    mask_dtype = _common_dtype(given) if given else None
+    masks = [m if m is None or m.dtype == mask_dtype else m.to(mask_dtype) for m in masks]
+    backend = backends.resolve(scores[0].device, score_dtype, mask_dtype)
+    return backend.l1_mask_global(scores, int(k), masks, bool(among_alive))
