@@ -3,7 +3,8 @@ was built with CUDA and a CUDA toolkit is found (no GPU needed to compile).
 
 Knobs (environment): PRUNEEXT_NO_CUDA=1 skips the CUDA sources;
 TORCH_CUDA_ARCH_LIST picks the GPU archs (default "9.0": H100/H200);
-MAX_JOBS bounds parallel compiles; CUDA_HOME names the toolkit.
+MAX_JOBS bounds parallel compiles; CUDA_HOME names the toolkit;
+PRUNEEXT_REQUIRE_CUDA=1 fails the build rather than skip CUDA (CI uses it).
 """
 import glob
 import os
@@ -40,6 +41,11 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 with_cuda = bool(cuda_home) and torch.version.cuda is not None
+if os.environ.get("PRUNEEXT_REQUIRE_CUDA") == "1" and not with_cuda:
+    sys.exit(
+        "pruneext: PRUNEEXT_REQUIRE_CUDA=1 but the CUDA sources cannot be built "
+        f"(torch CUDA: {torch.version.cuda}, toolkit: {cuda_home})"
+    )
 if with_cuda:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHS)
 

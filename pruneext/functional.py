@@ -101,7 +101,10 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
 def _check_one_device(tensors):
     devices = {t.device for t in tensors}
     if len(devices) > 1:
-        raise TypeError("Found two parameters on different devices, this is currently not supported.")
+        raise TypeError(
+            "Found two parameters on different devices, this is currently not supported. "
+            f"Devices: {', '.join(sorted(map(str, devices)))}"
+        )
 
 
 def _global_by_concatenation(parameters, method, scores, masks):

@@ -81,7 +81,9 @@ class _PrunePlan:
         else:
             importance_scores = orig
         if self.first_time:
-            if not isinstance(orig, torch.nn.Parameter) and orig is not None:
+            if orig is None:
+                raise TypeError(f"cannot prune {self.name!r} of {self.module}: it is None, not a Parameter")
+            if not isinstance(orig, torch.nn.Parameter):
                 # what register_parameter would raise, before any work
                 raise TypeError(
                     f"cannot assign '{torch.typename(orig)}' object to parameter "

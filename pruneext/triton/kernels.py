@@ -1,0 +1,140 @@
+"""The Triton kernels of the radix select (driven by select.py).
+
+Every kernel reads one tensor of the list; the global op launches each one per
+tensor, all of them accumulating into the same histogram / count buffers.
+Element offsets are int64 throughout. A small int64 `state` tensor carries
+the selection from one launch to the next, so the pipeline needs no host
+sync:
+
+    state[PREFIX]  the key digits resolved so far (finally the threshold T)
+    state[RANK]    rank of the k-th key within the current bucket
+                   (finally r: how many keys == T to select)
+    state[BELOW]   keys below the current bucket (finally count(key < T))
+    state[TOTAL]   alive keys in all, after the first pass
+"""
+import triton
+import triton.language as tl
+
+from .keys import is_alive, magnitude_key
+
+PREFIX = tl.constexpr(0)
+RANK = tl.constexpr(1)
+BELOW = tl.constexpr(2)
+TOTAL = tl.constexpr(3)
+
+
+@triton.jit
+def histogram_kernel(
+    bits_ptr, prev_ptr, n, hist_ptr, hist_base, state_ptr,
+    ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr,
+    SHIFT: tl.constexpr, DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """hist[hist_base + d] += number of alive keys of this block whose digit
+    (key >> SHIFT) & (2^DIGIT_BITS - 1) is d, among the keys whose higher
+    bits equal state[PREFIX] (all keys in the FIRST pass)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < n
+    key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+    valid = is_alive(prev_ptr, offs, in_range, ONE, FILTER)
+    if not FIRST:
+        valid = valid & ((key >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + PREFIX))
+    digit = ((key >> SHIFT) & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
+    # Ties all land in one bin and would serialise on one atomic: add the
+    # block's smallest digit (zeros, the common tie) with a single atomic,
+    # and the others one by one.
+    hist_ptr += hist_base
+    low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
+    at_low = valid & (digit == low)
+    n_low = tl.sum(at_low.to(tl.int64), axis=0)
+    tl.atomic_add(hist_ptr + low, n_low, mask=n_low > 0, sem="relaxed")
+    rest = valid & (digit != low)
+    tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
+
+
+@triton.jit(do_not_specialize=["k"])
+def select_bucket_kernel(
+    hist_ptr, hist_base, state_ptr, k,
+    DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr, CHUNK: tl.constexpr,
+):
+    """One program: the bucket of the histogram that holds the rank-th
+    smallest key; appends its digit to state[PREFIX] and narrows RANK/BELOW.
+    The FIRST pass starts from rank k, saturated at the alive total (the
+    host raises on k > total where it can sync; a traced graph cannot, and
+    then every alive entry is selected)."""
+    NBINS: tl.constexpr = 1 << DIGIT_BITS
+    hist_ptr += hist_base
+    lanes = tl.arange(0, CHUNK)
+    if FIRST:
+        total = tl.zeros([], tl.int64)
+        for start in range(0, NBINS, CHUNK):
+            total += tl.sum(tl.load(hist_ptr + start + lanes), axis=0)
+        tl.store(state_ptr + TOTAL, total)
+        rank = tl.minimum(total, k.to(tl.int64))
+        prefix = tl.zeros([], tl.int64)
+        below_bucket = tl.zeros([], tl.int64)
+    else:
+        rank = tl.load(state_ptr + RANK)
+        prefix = tl.load(state_ptr + PREFIX)
+        below_bucket = tl.load(state_ptr + BELOW)
+    # First bin whose inclusive cumulative count reaches rank (bin 0 for rank 0).
+    bucket = tl.zeros([], tl.int64)
+    below = tl.zeros([], tl.int64)
+    found = tl.zeros([], tl.int32)
+    cum = tl.zeros([], tl.int64)
+    for start in range(0, NBINS, CHUNK):
+        h = tl.load(hist_ptr + start + lanes)
+        inclusive = tl.cumsum(h, axis=0) + cum
+        hit = (inclusive >= rank) & (found == 0)
+        first = tl.min(tl.where(hit, lanes, CHUNK), axis=0)
+        here = first < CHUNK
+        bucket = tl.where(here, start + first, bucket)
+        below = tl.where(here, tl.sum(tl.where(lanes == first, inclusive - h, 0), axis=0), below)
+        found = found | here.to(tl.int32)
+        cum += tl.sum(h, axis=0)
+    tl.store(state_ptr + PREFIX, (prefix << DIGIT_BITS) | bucket)
+    tl.store(state_ptr + RANK, rank - below)
+    tl.store(state_ptr + BELOW, below_bucket + below)
+
+
+@triton.jit
+def count_ties_kernel(
+    bits_ptr, prev_ptr, n, state_ptr, counts_ptr, count_base,
+    ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """counts[count_base + block] = alive keys of the block equal to T."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < n
+    key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+    alive = is_alive(prev_ptr, offs, in_range, ONE, FILTER)
+    ties = alive & (key == tl.load(state_ptr + PREFIX))
+    tl.store(counts_ptr + count_base + pid, tl.sum(ties.to(tl.int64), axis=0))
+
+
+@triton.jit
+def write_mask_kernel(
+    bits_ptr, prev_ptr, out_ptr, n, state_ptr, ties_before_ptr, count_base,
+    ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr, HAS_PREV: tl.constexpr,
+    OUT_ONE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """out = 0 where selected, else the previous mask (or OUT_ONE). Selected:
+    alive and key < T, or key == T among the first r such keys in flat
+    order (ties_before = exclusive scan of count_ties_kernel's counts)."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < n
+    key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+    alive = is_alive(prev_ptr, offs, in_range, ONE, FILTER)
+    threshold = tl.load(state_ptr + PREFIX)
+    ties = alive & (key == threshold)
+    tie_rank = tl.load(ties_before_ptr + count_base + pid) + tl.cumsum(ties.to(tl.int32), axis=0) - 1
+    selected = alive & ((key < threshold) | (ties & (tie_rank < tl.load(state_ptr + RANK))))
+    if HAS_PREV:
+        keep = tl.load(prev_ptr + offs, mask=in_range, other=0)
+    else:
+        keep = tl.full([BLOCK], OUT_ONE, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, tl.where(selected, tl.zeros_like(keep), keep), mask=in_range)

@@ -1,0 +1,77 @@
+"""The magnitude key and the radix plan, as csrc/magnitude_key.h has them.
+
+Host side: for each score dtype, the integer view the kernels read and the
+constants of its key; for each mask dtype, the integer view and the bits of
+1. The kernels compare and copy masks as raw integers, so a mask value is
+never rounded or canonicalised (1.0 has one bit pattern in every format, so
+`bits == ONE` is exactly `value == 1`).
+
+Device side: `magnitude_key` and `is_alive`, inlined into every kernel.
+"""
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+FIRST_DIGIT_BITS = 12  # first radix digit of keys wider than 16 bits
+DIGIT_BITS = 11  # every later digit
+
+
+@dataclass(frozen=True)
+class KeyPlan:
+    bits_dtype: torch.dtype  # integer view of the scores, same width
+    abs_mask: int  # clears the sign bit; also the key of every NaN
+    inf_bits: int  # key of +inf; anything above is a NaN
+    wide: bool  # 64-bit keys (float64); else the key fits an int32
+    digits: tuple  # radix passes, most significant first: (shift, bits)
+
+
+def _digits(key_bits):
+    """RadixPlan of magnitude_key.h: 16-bit keys in one pass, wider keys in
+    a 12-bit digit and then 11-bit digits."""
+    first = key_bits if key_bits <= 16 else FIRST_DIGIT_BITS
+    shift = key_bits - first
+    digits = [(shift, first)]
+    while shift > 0:
+        bits = min(DIGIT_BITS, shift)
+        shift -= bits
+        digits.append((shift, bits))
+    return tuple(digits)
+
+
+KEY_PLANS = {
+    torch.float32: KeyPlan(torch.int32, 0x7FFFFFFF, 0x7F800000, False, _digits(31)),
+    torch.float64: KeyPlan(torch.int64, 0x7FFFFFFFFFFFFFFF, 0x7FF0000000000000, True, _digits(63)),
+    torch.float16: KeyPlan(torch.int16, 0x7FFF, 0x7C00, False, _digits(15)),
+    torch.bfloat16: KeyPlan(torch.int16, 0x7FFF, 0x7F80, False, _digits(15)),
+}
+
+# mask dtype -> (integer view, bits of the value 1 in that view)
+MASK_BITS = {
+    torch.float32: (torch.int32, 0x3F800000),
+    torch.float64: (torch.int64, 0x3FF0000000000000),
+    torch.float16: (torch.int16, 0x3C00),
+    torch.bfloat16: (torch.int16, 0x3F80),
+    torch.bool: (torch.uint8, 1),
+    torch.uint8: (torch.uint8, 1),
+}
+
+
+@triton.jit
+def magnitude_key(bits, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr):
+    """Key of raw float bits: |x| as an ordered integer, every NaN above +inf."""
+    if WIDE:
+        key = bits.to(tl.int64) & ABS_MASK
+    else:
+        key = bits.to(tl.int32) & ABS_MASK  # int16 bits sign-extend, then masked
+    return tl.where(key > INF_BITS, ABS_MASK, key)
+
+
+@triton.jit
+def is_alive(prev_ptr, offs, in_range, ONE: tl.constexpr, FILTER: tl.constexpr):
+    """In range and, when FILTER (among_alive with a default mask), mask == 1."""
+    if FILTER:
+        return in_range & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+    else:
+        return in_range

@@ -1,0 +1,154 @@
+"""The mask ops on every backend: exact k, ties by lowest flat index, NaN as
+the largest magnitude, -0.0 tying +0.0, every dtype and stride, the iterative
+and global forms; checked against an independent numpy oracle."""
+import numpy as np
+import pytest
+import torch
+
+import pruneext
+from pruneext import ops
+
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def oracle(tensors, k, masks=None, among_alive=False):
+    """Masks by numpy lexsort: (not alive, isnan, |x|, position) ascending."""
+    masks = masks or [None] * len(tensors)
+    mags, nans, dead, outs = [], [], [], []
+    for t, m in zip(tensors, masks):
+        a = t.detach().cpu().double().reshape(-1).abs().numpy()
+        nans.append(np.isnan(a))
+        mags.append(np.where(np.isnan(a), 0.0, a))
+        alive = np.ones(a.shape, bool) if (m is None or not among_alive) else (m.cpu().reshape(-1) == 1).numpy()
+        dead.append(~alive)
+        base = torch.ones(t.shape, dtype=t.dtype) if m is None else m.cpu().clone()
+        outs.append(base.contiguous())
+    mag, nan, dd = (np.concatenate(x) for x in (mags, nans, dead))
+    order = np.lexsort((np.arange(mag.size), mag, nan, dd))[:k]
+    assert not dd[order].any(), "k exceeds the alive entries"
+    flat = torch.cat([o.reshape(-1) for o in outs])
+    flat[torch.from_numpy(order.copy())] = 0
+    return [f.reshape(o.shape) for f, o in zip(flat.split([o.numel() for o in outs]), outs)]
+
+
+def quantized(n, levels, dtype, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randint(-levels, levels + 1, (n,), generator=g).float() / 4
+    return v.to(device=device, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("n,k", [(1, 0), (1, 1), (100, 37), (70_000, 1), (70_000, 35_000), (200_003, 200_003)])
+def test_exact_k_ties(backend_device, dtype, n, k):
+    _, device = backend_device
+    x = quantized(n, 6, dtype, seed=n + k, device=device)
+    got = ops.l1_mask(x, k)
+    assert got.dtype == dtype and got.device.type == device and got.is_contiguous()
+    assert int((got == 0).sum()) == k
+    assert torch.equal(got.cpu(), oracle([x], k)[0])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_random_values(backend_device, dtype):
+    _, device = backend_device
+    x = torch.randn(123_457, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    for k in (0, 5, 61_728, 123_456):
+        assert torch.equal(ops.l1_mask(x, k).cpu(), oracle([x], k)[0])
+
+
+def test_all_equal_and_zeros(backend_device):
+    _, device = backend_device
+    for x in (torch.zeros(300_000, device=device), torch.full((70_001,), -2.5, device=device)):
+        k = x.numel() // 3
+        got = ops.l1_mask(x, k)
+        expected = torch.ones(x.numel())
+        expected[:k] = 0  # all tie: the lowest flat indices go first
+        assert torch.equal(got.cpu(), expected)
+
+
+def test_nan_inf_signed_zero(backend_device):
+    _, device = backend_device
+    x = torch.tensor([float("nan"), 0.0, -0.0, float("inf"), -float("inf"), 1.0, -float("nan"), -1.0, 3.0], device=device)
+    for k in range(x.numel() + 1):
+        got = ops.l1_mask(x, k).cpu()
+        assert torch.equal(got, oracle([x], k)[0]), k
+    # 0.0 and -0.0 tie: index 1 goes before index 2
+    assert ops.l1_mask(x, 1).cpu().tolist()[1:3] == [0.0, 1.0]
+    # NaNs are pruned last, after the infinities
+    assert ops.l1_mask(x, 7).cpu()[[0, 6]].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.float16, torch.float64, torch.bool, torch.uint8])
+@pytest.mark.parametrize("among_alive", [False, True])
+def test_default_mask(backend_device, mask_dtype, among_alive):
+    _, device = backend_device
+    x = quantized(50_000, 40, torch.float32, seed=3, device=device)
+    g = torch.Generator().manual_seed(4)
+    mask = (torch.rand(50_000, generator=g) > 0.4).to(mask_dtype).to(device)
+    k = int((mask == 1).sum()) // 2 if among_alive else 20_000
+    got = ops.l1_mask(x, k, default_mask=mask, among_alive=among_alive)
+    assert got.dtype == mask_dtype
+    assert torch.equal(got.cpu(), oracle([x], k, [mask], among_alive)[0])
+
+
+def test_non_contiguous_inputs(backend_device):
+    _, device = backend_device
+    base = quantized(6 * 7 * 8 * 9, 30, torch.float32, seed=5, device=device).reshape(6, 7, 8, 9)
+    x = base.permute(0, 2, 3, 1)  # channels_last-like strides
+    mask = (torch.arange(base.numel(), device=device) % 5 != 0).float().reshape(6, 8, 9, 7)
+    mask_nc = mask.transpose(1, 2).contiguous().transpose(1, 2)
+    assert not x.is_contiguous() and not mask_nc.is_contiguous()
+    got = ops.l1_mask(x, 500, default_mask=mask_nc, among_alive=True)
+    assert got.is_contiguous() and got.shape == x.shape
+    assert torch.equal(got.cpu(), oracle([x.contiguous()], 500, [mask], True)[0])
+
+
+def test_channels_last_weight_module(backend_device):
+    _, device = backend_device
+    conv = torch.nn.Conv2d(4, 6, 3).to(device=device, memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    pruneext.l1_unstructured(conv, "weight", 0.5)
+    expected = oracle([conv.weight_orig.contiguous()], round(0.5 * conv.weight.numel()))[0]
+    assert torch.equal(conv.weight_mask.cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_global(backend_device, dtype):
+    _, device = backend_device
+    sizes = [(3, 5), (0,), (70_000,), (1,), (40, 40)]
+    xs = [quantized(int(np.prod(s)), 9, dtype, seed=i, device=device).reshape(s) for i, s in enumerate(sizes)]
+    masks = [None, None, (torch.arange(70_000) % 3 != 0).to(dtype).to(device), None, torch.ones(40, 40, dtype=dtype, device=device)]
+    for among_alive in (False, True):
+        total = sum(x.numel() for x in xs) if not among_alive else 15 + 70_000 - 23_334 + 1 + 1600
+        for k in (0, 1, total // 2, total):
+            got = ops.l1_mask_global(xs, k, masks, among_alive=among_alive)
+            expected = oracle(xs, k, masks, among_alive)
+            assert len(got) == len(xs)
+            for g, e in zip(got, expected):
+                assert g.shape == e.shape and g.dtype == e.dtype
+                assert torch.equal(g.cpu(), e)
+
+
+def test_global_ties_go_to_earlier_tensors(backend_device):
+    _, device = backend_device
+    xs = [torch.ones(10, device=device), torch.ones(10, device=device)]
+    a, b = ops.l1_mask_global(xs, 15)
+    assert int((a == 0).sum()) == 10 and b.cpu().tolist() == [0.0] * 5 + [1.0] * 5
+
+
+def test_k_too_large_raises(backend_device):
+    _, device = backend_device
+    x = torch.randn(10, device=device)
+    with pytest.raises(RuntimeError, match="exceeds"):
+        ops.l1_mask(x, 11)
+    mask = torch.tensor([1.0, 0.0] * 5, device=device)
+    with pytest.raises(RuntimeError, match="exceeds"):
+        ops.l1_mask(x, 6, default_mask=mask, among_alive=True)
+    with pytest.raises(RuntimeError, match="exceeds"):
+        ops.l1_mask_global([x, x], 21)
+
+
+def test_shape_mismatch_raises(backend_device):
+    _, device = backend_device
+    with pytest.raises(RuntimeError, match="does not match"):
+        ops.l1_mask(torch.randn(4, 3, device=device), 2, default_mask=torch.ones(3, 4, device=device))
