@@ -15,6 +15,9 @@ changes:
 * Re-pruning a parameter pruned by either library builds a pruneext
   PruningContainer (a new object; the old hook is left unchanged).
 """
+import copy
+import weakref
+
 import torch
 from torch.nn.utils import prune as _torch_prune
 
@@ -46,6 +49,36 @@ class BasePruningMethod(_torch_prune.BasePruningMethod):
         """The mask of a parameter pruned for the first time (its default mask
         is all ones, with `like`'s dtype and device)."""
         return self.compute_mask(t, default_mask=torch.ones_like(like))
+
+    # copy.deepcopy of a pruned module fails in torch (pytorch#37322): the
+    # pruned attribute `name` is a non-leaf tensor, which refuses deepcopy.
+    # The hook remembers (weakly) the tensor it last set; the module's hooks
+    # are copied before that attribute, so the hook's __deepcopy__ puts a
+    # detached copy of it into the memo, and deepcopy uses that. The copy's
+    # own hook recomputes the attribute (with autograd) at its first forward.
+    def apply_mask(self, module):
+        pruned = super().apply_mask(module)
+        self._pruned_ref = weakref.ref(pruned)
+        return pruned
+
+    def __deepcopy__(self, memo):
+        ref = self.__dict__.get("_pruned_ref")
+        pruned = ref() if ref is not None else None
+        if pruned is not None and id(pruned) not in memo and not pruned.is_leaf:
+            memo[id(pruned)] = pruned.detach().clone()
+            copy._keep_alive(pruned, memo)  # its id must not be reused meanwhile
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for key, value in self.__dict__.items():
+            if key != "_pruned_ref":
+                setattr(clone, key, copy.deepcopy(value, memo))
+        return clone
+
+    def __getstate__(self):
+        # weak references do not pickle (torch.save of a whole module)
+        state = dict(self.__dict__)
+        state.pop("_pruned_ref", None)
+        return state
 
 
 class _PrunePlan:

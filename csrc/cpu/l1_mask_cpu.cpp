@@ -139,27 +139,12 @@ class CpuSelect {
     const int64_t nbins = int64_t(1) << bits;
     const int nthreads = at::get_num_threads();
     std::vector<int64_t> local(static_cast<size_t>(nthreads) * nbins, 0);
-    const int high = shift + bits;
     at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
       int64_t* h = local.data() + static_cast<int64_t>(at::get_thread_num()) * nbins;
-      for (int64_t idx = b; idx < e; ++idx) {
-        if (compacted_) {
-          auto& c = cands_[idx];
-          size_t kept = 0;
-          for (const key_t key : c) {
-            if (static_cast<key_t>(key >> high) == prefix) {
-              c[kept++] = key;
-              ++h[(key >> shift) & (nbins - 1)];
-            }
-          }
-          c.resize(kept);
-        } else {
-          for_each_key(idx, [&](key_t key) {
-            if (static_cast<key_t>(key >> high) == prefix) {
-              ++h[(key >> shift) & (nbins - 1)];
-            }
-          });
-        }
+      if (compacted_) {
+        histogram_candidates(b, e, shift, bits, prefix, h);
+      } else {
+        histogram_full(b, e, shift, bits, prefix, h);
       }
     });
     std::vector<int64_t> h(nbins, 0);
@@ -169,6 +154,74 @@ class CpuSelect {
       }
     }
     return h;
+  }
+
+  void histogram_candidates(int64_t b, int64_t e, int shift, int bits, key_t prefix, int64_t* h) {
+    const key_t digit_mask = static_cast<key_t>((uint64_t(1) << bits) - 1);
+    const int high = shift + bits;
+    for (int64_t idx = b; idx < e; ++idx) {
+      auto& c = cands_[idx];
+      size_t kept = 0;
+      for (const key_t key : c) {
+        if (static_cast<key_t>(key >> high) == prefix) {
+          c[kept++] = key;
+          ++h[(key >> shift) & digit_mask];
+        }
+      }
+      c.resize(kept);
+    }
+  }
+
+  // The full-read histogram, the hot loop of the kernel. Consecutive equal
+  // digits would serialise on one counter (store-to-load forwarding), so the
+  // counts go round-robin into kCopies 32-bit sub-histograms, folded into
+  // the 64-bit one before they could overflow. Every entry adds 0 or 1, so
+  // the loop has no data-dependent branch.
+  void histogram_full(int64_t b, int64_t e, int shift, int bits, key_t prefix, int64_t* h) {
+    constexpr int kCopies = 4;
+    constexpr int64_t kFoldEvery = int64_t(1) << 31;  // < 2^32 per 32-bit counter
+    const int64_t nbins = int64_t(1) << bits;
+    const key_t digit_mask = static_cast<key_t>(nbins - 1);
+    const int high = shift + bits;
+    std::vector<uint32_t> sub(static_cast<size_t>(kCopies) * nbins, 0);
+    uint32_t* s0 = sub.data();
+    uint32_t* s1 = s0 + nbins;
+    uint32_t* s2 = s1 + nbins;
+    uint32_t* s3 = s2 + nbins;
+    int64_t pending = 0;
+    auto fold = [&] {
+      for (int64_t d = 0; d < nbins; ++d) {
+        h[d] += int64_t(s0[d]) + s1[d] + s2[d] + s3[d];
+      }
+      std::fill(sub.begin(), sub.end(), 0u);
+      pending = 0;
+    };
+    const mask_t one(1);
+    for (int64_t idx = b; idx < e; ++idx) {
+      const Item& it = items_[idx];
+      if (pending + (it.end - it.begin) > kFoldEvery) {
+        fold();
+      }
+      pending += it.end - it.begin;
+      const key_t* raw = raw_[it.job];
+      const mask_t* alive = alive_[it.job];
+      auto count = [&](uint32_t* sh, int64_t i) {
+        const key_t key = Traits::key(raw[i]);
+        const bool take = static_cast<key_t>(key >> high) == prefix && (alive == nullptr || alive[i] == one);
+        sh[(key >> shift) & digit_mask] += take;
+      };
+      int64_t i = it.begin;
+      for (; i + kCopies <= it.end; i += kCopies) {
+        count(s0, i);
+        count(s1, i + 1);
+        count(s2, i + 2);
+        count(s3, i + 3);
+      }
+      for (; i < it.end; ++i) {
+        count(s0, i);
+      }
+    }
+    fold();
   }
 
   // Copies the alive keys whose bits above `shift` equal `prefix` into
@@ -218,6 +271,14 @@ class CpuSelect {
         const mask_t* prev = prev_[it.job];
         mask_t* out = out_[it.job];
         int64_t share = shares[idx];
+        if (share == 0 && alive == nullptr && prev == nullptr) {
+          // The common case (first pruning, no tie to split here): a
+          // branch-free loop the compiler vectorises.
+          for (int64_t i = it.begin; i < it.end; ++i) {
+            out[i] = Traits::key(raw[i]) < threshold ? zero : one;
+          }
+          continue;
+        }
         for (int64_t i = it.begin; i < it.end; ++i) {
           const key_t key = Traits::key(raw[i]);
           const bool live = alive == nullptr || alive[i] == one;
