@@ -147,6 +147,34 @@ inline std::vector<std::optional<at::Tensor>> to_vector(
   return v;
 }
 
+// The bit pattern of 1 in each mask dtype. 1 has a single representation
+// in each, so kernels may treat masks as unsigned integers of the same
+// width: "alive" is bits == one, and writing 0 or 1 never converts floats.
+inline uint64_t mask_one_bits(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return 0x3F800000u;
+    case at::kDouble: return 0x3FF0000000000000ull;
+    case at::kHalf: return 0x3C00u;
+    case at::kBFloat16: return 0x3F80u;
+    case at::kBool:
+    case at::kByte: return 1u;
+    default: TORCH_CHECK_TYPE(false, "pruneext: unsupported mask dtype ", t);
+  }
+}
+
+// Dispatch on a mask dtype's width: `mask_bits_t` is the unsigned integer
+// type of the same size (see mask_one_bits).
+#define PRUNEEXT_DISPATCH_MASK_BITS(TYPE, NAME, ...)                             \
+  [&] {                                                                          \
+    switch (c10::elementSize(TYPE)) {                                            \
+      case 1: { using mask_bits_t = uint8_t; return __VA_ARGS__(); }             \
+      case 2: { using mask_bits_t = uint16_t; return __VA_ARGS__(); }            \
+      case 4: { using mask_bits_t = uint32_t; return __VA_ARGS__(); }            \
+      case 8: { using mask_bits_t = uint64_t; return __VA_ARGS__(); }            \
+      default: TORCH_CHECK_TYPE(false, NAME, ": unsupported mask dtype ", TYPE);  \
+    }                                                                            \
+  }()
+
 // Dispatch over the four score types and six mask types the kernels handle.
 #define PRUNEEXT_DISPATCH_SCORES(TYPE, NAME, ...)                              \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)

@@ -152,3 +152,39 @@ def test_shape_mismatch_raises(backend_device):
     _, device = backend_device
     with pytest.raises(RuntimeError, match="does not match"):
         ops.l1_mask(torch.randn(4, 3, device=device), 2, default_mask=torch.ones(3, 4, device=device))
+
+
+LARGE_BACKENDS = [b for b in ("cpu", "cuda") if b in pruneext.available_backends()]
+
+
+@pytest.mark.parametrize("backend", LARGE_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("among_alive", [False, True])
+def test_large_tensors_sampled_window(backend, dtype, among_alive):
+    # Past 2^18 entries the CPU kernel guesses the first digit from a sample
+    # and keeps its candidates during the first pass.
+    device = "cuda" if backend == "cuda" else "cpu"
+    x = torch.randn(1 << 20, generator=torch.Generator().manual_seed(8), dtype=dtype).to(device)
+    mask = (torch.arange(1 << 20, device=device) % 3 != 0).to(dtype) if among_alive else None
+    alive = int((mask == 1).sum()) if among_alive else x.numel()
+    with pruneext.use_backend(backend):
+        for k in (1, alive // 10, alive // 2, alive - 1):
+            got = ops.l1_mask(x, k, default_mask=mask, among_alive=among_alive)
+            expected = oracle([x], k, None if mask is None else [mask], among_alive)[0]
+            assert torch.equal(got.cpu(), expected), k
+
+
+@pytest.mark.parametrize("backend", LARGE_BACKENDS)
+def test_large_tensor_where_the_sample_misleads(backend):
+    # Every 4096th entry (where an evenly spaced sample looks) is 1.0, the
+    # rest spread widely: the guessed window misses and the kernel must fall
+    # back to a second pass.
+    device = "cuda" if backend == "cuda" else "cpu"
+    n = 1 << 20
+    x = torch.rand(n, generator=torch.Generator().manual_seed(9)) * 1e6
+    x[::4096] = 1.0
+    x[1::4096] = 1.0
+    with pruneext.use_backend(backend):
+        for k in (n // 3, n - 5):
+            got = ops.l1_mask(x.to(device), k)
+            assert torch.equal(got.cpu(), oracle([x], k)[0]), k

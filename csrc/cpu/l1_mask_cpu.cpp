@@ -15,7 +15,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "../l1_mask_common.h"
@@ -50,20 +52,24 @@ Bucket find_bucket(const std::vector<int64_t>& h, int64_t rank) {
   TORCH_INTERNAL_ASSERT(false, "pruneext: rank ", rank, " beyond histogram total ", cum);
 }
 
+// mask_t: the unsigned integer of the mask dtype's width (masks are handled
+// as bits; see mask_one_bits).
 template <typename Traits, typename mask_t>
 class CpuSelect {
   using key_t = typename Traits::key_t;
   using Plan = RadixPlan<Traits>;
 
  public:
-  explicit CpuSelect(MaskProblem& p) : k_(p.k) {
+  explicit CpuSelect(MaskProblem& p)
+      : k_(p.k), one_(static_cast<mask_t>(mask_one_bits(p.mask_dtype))) {
     for (size_t j = 0; j < p.jobs.size(); ++j) {
       auto& job = p.jobs[j];
       raw_.push_back(reinterpret_cast<const key_t*>(job.scores.data_ptr()));
       const bool filters = p.among_alive && job.prev.defined();
-      alive_.push_back(filters ? job.prev.template data_ptr<mask_t>() : nullptr);
-      prev_.push_back(job.prev.defined() ? job.prev.template data_ptr<mask_t>() : nullptr);
-      out_.push_back(job.out.template data_ptr<mask_t>());
+      const mask_t* prev = job.prev.defined() ? static_cast<const mask_t*>(job.prev.const_data_ptr()) : nullptr;
+      alive_.push_back(filters ? prev : nullptr);
+      prev_.push_back(prev);
+      out_.push_back(static_cast<mask_t*>(job.out.data_ptr()));
       const int64_t n = job.scores.numel();
       n_total_ += n;
       for (int64_t b = 0; b < n; b += kItemSize) {
@@ -75,10 +81,14 @@ class CpuSelect {
   void run() {
     if (k_ == 0) {
       // Nothing is selected, but an impossible k must still be refused.
-      write(key_t(0), std::vector<int64_t>(items_.size(), 0));
+      write(key_t(0), Ties{});
       return;
     }
     int shift = Plan::kFirstShift;
+    // A sample guesses which first digits can hold the k-th key, so the
+    // first pass also keeps those keys and no second full read is needed
+    // when the guess holds (it nearly always does).
+    window_ = shift > 0 ? guess_window() : Window{};
     auto h = histogram(shift, Plan::kFirstDigitBits, 0);
     const int64_t alive = std::accumulate(h.begin(), h.end(), int64_t(0));
     TORCH_CHECK(
@@ -88,7 +98,13 @@ class CpuSelect {
     int64_t rank = k_ - bucket.below;
     int64_t count_lt = bucket.below;
     uint64_t prefix = static_cast<uint64_t>(bucket.index);
-    if (shift > 0 && h[bucket.index] * 4 <= n_total_) {
+    if (window_.collect) {
+      compacted_ = window_.lo <= bucket.index && bucket.index <= window_.hi;
+      if (!compacted_) {
+        cands_.clear();  // the guess missed: fall back to a compaction pass
+      }
+    }
+    if (!compacted_ && shift > 0 && h[bucket.index] * 4 <= n_total_) {
       compact(shift, static_cast<key_t>(prefix));
     }
     while (shift > 0) {
@@ -105,25 +121,70 @@ class CpuSelect {
   }
 
  private:
-  // Calls f(key) for every alive key of item `idx`: its candidate list once
-  // compacted, else the full scores.
-  template <typename F>
-  void for_each_key(int64_t idx, F&& f) {
-    if (compacted_) {
-      for (const key_t key : cands_[idx]) {
-        f(key);
-      }
-      return;
+  // First digits [lo, hi] whose keys the first pass keeps as candidates.
+  struct Window {
+    bool collect = false;
+    int64_t lo = 0;
+    int64_t hi = -1;
+  };
+
+  // Evenly spaced sample of the alive first digits: the k-th key's digit is
+  // within a few standard deviations of the sample's k/n quantile. No
+  // window (a plain first pass) when it would keep over an eighth of the
+  // entries (heavy ties) or the tensor is small.
+  Window guess_window() const {
+    constexpr int64_t kPerItem = 16;
+    if (n_total_ < (int64_t(1) << 18)) {
+      return {};
     }
+    std::vector<int64_t> digits;
+    digits.reserve(items_.size() * kPerItem);
+    int64_t sampled = 0;
+    const mask_t one = one_;
+    for (const Item& it : items_) {
+      const int64_t len = it.end - it.begin;
+      const int64_t step = std::max<int64_t>(1, len / kPerItem);
+      for (int64_t i = it.begin; i < it.end; i += step) {
+        ++sampled;
+        const mask_t* alive = alive_[it.job];
+        if (alive == nullptr || alive[i] == one) {
+          digits.push_back(static_cast<int64_t>(Traits::key(raw_[it.job][i]) >> Plan::kFirstShift));
+        }
+      }
+    }
+    const int64_t m = static_cast<int64_t>(digits.size());
+    if (m < 1024) {
+      return {};
+    }
+    std::sort(digits.begin(), digits.end());
+    // expected rank of the k-th key within the sample, and a margin of
+    // about 6 standard deviations of a sampled quantile
+    const double alive_estimate = static_cast<double>(m) / sampled * n_total_;
+    const double at = std::min<double>(m - 1, static_cast<double>(k_) / alive_estimate * m);
+    const double margin = 6.0 * std::sqrt(static_cast<double>(m)) + 16.0;
+    const auto lo_at = static_cast<int64_t>(std::max(0.0, at - margin));
+    const auto hi_at = static_cast<int64_t>(std::min<double>(m - 1, at + margin));
+    Window w{true, digits[lo_at], digits[hi_at]};
+    const auto kept = std::upper_bound(digits.begin(), digits.end(), w.hi) -
+        std::lower_bound(digits.begin(), digits.end(), w.lo);
+    if (kept * 8 > m) {
+      return {};
+    }
+    return w;
+  }
+
+  // Calls f(key) for every alive key of item `idx` (uncompacted).
+  template <typename F>
+  void for_each_key(int64_t idx, F&& f) const {
     const Item& it = items_[idx];
     const key_t* raw = raw_[it.job];
     const mask_t* alive = alive_[it.job];
+    const mask_t one = one_;
     if (alive == nullptr) {
       for (int64_t i = it.begin; i < it.end; ++i) {
         f(Traits::key(raw[i]));
       }
     } else {
-      const mask_t one(1);
       for (int64_t i = it.begin; i < it.end; ++i) {
         if (alive[i] == one) {
           f(Traits::key(raw[i]));
@@ -139,12 +200,20 @@ class CpuSelect {
     const int64_t nbins = int64_t(1) << bits;
     const int nthreads = at::get_num_threads();
     std::vector<int64_t> local(static_cast<size_t>(nthreads) * nbins, 0);
+    const bool first = shift + bits == Plan::kKeyBits;
+    if (first && window_.collect) {
+      cands_.assign(items_.size(), {});
+    }
     at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
       int64_t* h = local.data() + static_cast<int64_t>(at::get_thread_num()) * nbins;
       if (compacted_) {
         histogram_candidates(b, e, shift, bits, prefix, h);
+      } else if (first && window_.collect) {
+        histogram_full<false, true>(b, e, shift, bits, prefix, h);
+      } else if (first) {
+        histogram_full<false>(b, e, shift, bits, prefix, h);
       } else {
-        histogram_full(b, e, shift, bits, prefix, h);
+        histogram_full<true>(b, e, shift, bits, prefix, h);
       }
     });
     std::vector<int64_t> h(nbins, 0);
@@ -174,29 +243,31 @@ class CpuSelect {
 
   // The full-read histogram, the hot loop of the kernel. Consecutive equal
   // digits would serialise on one counter (store-to-load forwarding), so the
-  // counts go round-robin into kCopies 32-bit sub-histograms, folded into
-  // the 64-bit one before they could overflow. Every entry adds 0 or 1, so
-  // the loop has no data-dependent branch.
+  // counts go round-robin into kCopies 32-bit sub-histograms (one for the
+  // 2^15 bins of 16-bit keys, which would not fit in cache four times),
+  // folded into the 64-bit one before they could overflow. Every entry adds
+  // 0 or 1, so the loop has no data-dependent branch. The first digit has
+  // no prefix to check (kPrefixed false); with kCollect it also keeps the
+  // keys whose digit is in window_ as candidates.
+  template <bool kPrefixed, bool kCollect = false>
   void histogram_full(int64_t b, int64_t e, int shift, int bits, key_t prefix, int64_t* h) {
-    constexpr int kCopies = 4;
     constexpr int64_t kFoldEvery = int64_t(1) << 31;  // < 2^32 per 32-bit counter
     const int64_t nbins = int64_t(1) << bits;
+    const int copies = nbins > 4096 ? 1 : 4;
     const key_t digit_mask = static_cast<key_t>(nbins - 1);
     const int high = shift + bits;
-    std::vector<uint32_t> sub(static_cast<size_t>(kCopies) * nbins, 0);
-    uint32_t* s0 = sub.data();
-    uint32_t* s1 = s0 + nbins;
-    uint32_t* s2 = s1 + nbins;
-    uint32_t* s3 = s2 + nbins;
+    std::vector<uint32_t> sub(static_cast<size_t>(copies) * nbins, 0);
     int64_t pending = 0;
     auto fold = [&] {
-      for (int64_t d = 0; d < nbins; ++d) {
-        h[d] += int64_t(s0[d]) + s1[d] + s2[d] + s3[d];
+      for (int c = 0; c < copies; ++c) {
+        for (int64_t d = 0; d < nbins; ++d) {
+          h[d] += sub[c * nbins + d];
+        }
       }
       std::fill(sub.begin(), sub.end(), 0u);
       pending = 0;
     };
-    const mask_t one(1);
+    const mask_t one = one_;
     for (int64_t idx = b; idx < e; ++idx) {
       const Item& it = items_[idx];
       if (pending + (it.end - it.begin) > kFoldEvery) {
@@ -205,20 +276,44 @@ class CpuSelect {
       pending += it.end - it.begin;
       const key_t* raw = raw_[it.job];
       const mask_t* alive = alive_[it.job];
-      auto count = [&](uint32_t* sh, int64_t i) {
-        const key_t key = Traits::key(raw[i]);
-        const bool take = static_cast<key_t>(key >> high) == prefix && (alive == nullptr || alive[i] == one);
-        sh[(key >> shift) & digit_mask] += take;
+      auto run = [&](auto filtered) {
+        constexpr bool kFiltered = decltype(filtered)::value;
+        auto count = [&](uint32_t* sh, int64_t i) {
+          const key_t key = Traits::key(raw[i]);
+          bool take = true;
+          if constexpr (kPrefixed) {
+            take = static_cast<key_t>(key >> high) == prefix;
+          }
+          if constexpr (kFiltered) {
+            take = take && alive[i] == one;
+          }
+          const auto digit = (key >> shift) & digit_mask;
+          sh[digit] += take;
+          if constexpr (kCollect) {
+            const auto d = static_cast<int64_t>(digit);
+            if (take && d >= window_.lo && d <= window_.hi) {
+              cands_[idx].push_back(key);
+            }
+          }
+        };
+        int64_t i = it.begin;
+        if (copies == 4) {
+          uint32_t* s0 = sub.data();
+          for (; i + 4 <= it.end; i += 4) {
+            count(s0, i);
+            count(s0 + nbins, i + 1);
+            count(s0 + 2 * nbins, i + 2);
+            count(s0 + 3 * nbins, i + 3);
+          }
+        }
+        for (; i < it.end; ++i) {
+          count(sub.data(), i);
+        }
       };
-      int64_t i = it.begin;
-      for (; i + kCopies <= it.end; i += kCopies) {
-        count(s0, i);
-        count(s1, i + 1);
-        count(s2, i + 2);
-        count(s3, i + 3);
-      }
-      for (; i < it.end; ++i) {
-        count(s0, i);
+      if (alive == nullptr) {
+        run(std::false_type{});
+      } else {
+        run(std::true_type{});
       }
     }
     fold();
@@ -241,59 +336,120 @@ class CpuSelect {
     compacted_ = true;
   }
 
-  // How many of the entries equal to the threshold each item zeroes: the
-  // first `ties` of them in item order, which is flat order.
-  std::vector<int64_t> shares_of_ties(key_t threshold, int64_t ties) {
-    std::vector<int64_t> eq(items_.size(), 0);
-    at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
-      for (int64_t idx = b; idx < e; ++idx) {
-        int64_t n = 0;
-        for_each_key(idx, [&](key_t key) { n += key == threshold; });
-        eq[idx] = n;
+  // Alive entries of item `idx` whose key equals the threshold.
+  int64_t count_equal(int64_t idx, key_t threshold) const {
+    int64_t n = 0;
+    if (compacted_) {
+      for (const key_t key : cands_[idx]) {
+        n += key == threshold;
       }
-    });
-    for (auto& share : eq) {
-      share = std::min(share, ties);
-      ties -= share;
+      return n;
     }
-    return eq;
+    const Item& it = items_[idx];
+    const key_t* raw = raw_[it.job];
+    const mask_t* alive = alive_[it.job];
+    if (alive == nullptr) {  // a plain reduction the compiler vectorises
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        n += Traits::key(raw[i]) == threshold;
+      }
+    } else {
+      const mask_t one = one_;
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        n += (Traits::key(raw[i]) == threshold) & (alive[i] == one);
+      }
+    }
+    return n;
   }
 
-  // out = 0 where selected (alive, key < threshold, or key == threshold
-  // within the item's share of ties), else the previous mask (or 1).
-  void write(key_t threshold, const std::vector<int64_t>& shares) {
+  // Per item: its entries equal to the threshold, and how many of them it
+  // zeroes: the first `ties` of them in item order, which is flat order.
+  struct Ties {
+    std::vector<int64_t> equal;
+    std::vector<int64_t> share;
+  };
+
+  Ties shares_of_ties(key_t threshold, int64_t ties) {
+    Ties t{std::vector<int64_t>(items_.size(), 0), std::vector<int64_t>(items_.size(), 0)};
     at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
-      const mask_t one(1), zero(0);
       for (int64_t idx = b; idx < e; ++idx) {
-        const Item& it = items_[idx];
-        const key_t* raw = raw_[it.job];
-        const mask_t* alive = alive_[it.job];
-        const mask_t* prev = prev_[it.job];
-        mask_t* out = out_[it.job];
-        int64_t share = shares[idx];
-        if (share == 0 && alive == nullptr && prev == nullptr) {
-          // The common case (first pruning, no tie to split here): a
-          // branch-free loop the compiler vectorises.
-          for (int64_t i = it.begin; i < it.end; ++i) {
-            out[i] = Traits::key(raw[i]) < threshold ? zero : one;
-          }
-          continue;
-        }
-        for (int64_t i = it.begin; i < it.end; ++i) {
-          const key_t key = Traits::key(raw[i]);
-          const bool live = alive == nullptr || alive[i] == one;
-          bool selected = live && key < threshold;
-          if (share > 0 && live && key == threshold) {
-            selected = true;
-            --share;
-          }
-          out[i] = selected ? zero : (prev != nullptr ? prev[i] : one);
+        t.equal[idx] = count_equal(idx, threshold);
+      }
+    });
+    for (size_t idx = 0; idx < items_.size(); ++idx) {
+      t.share[idx] = std::min(t.equal[idx], ties);
+      ties -= t.share[idx];
+    }
+    return t;
+  }
+
+  // out = 0 where selected, else the previous mask (or 1). An item that
+  // zeroes none of its ties selects key < threshold, one that zeroes all of
+  // them key <= threshold: branch-free loops. Only the item where the ties
+  // are cut walks its entries in order.
+  void write(key_t threshold, const Ties& ties) {
+    at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t idx = b; idx < e; ++idx) {
+        const int64_t share = ties.share.empty() ? 0 : ties.share[idx];
+        const int64_t equal = ties.equal.empty() ? 0 : ties.equal[idx];
+        if (share == 0) {
+          write_item<false>(idx, threshold);
+        } else if (share == equal) {
+          write_item<true>(idx, threshold);
+        } else {
+          write_item_cut(idx, threshold, share);
         }
       }
     });
+  }
+
+  template <bool kInclusive>
+  void write_item(int64_t idx, key_t threshold) {
+    const Item& it = items_[idx];
+    const key_t* raw = raw_[it.job];
+    const mask_t* alive = alive_[it.job];
+    const mask_t* prev = prev_[it.job];
+    mask_t* out = out_[it.job];
+    const mask_t one = one_, zero = 0;
+    auto below = [&](int64_t i) {
+      const key_t key = Traits::key(raw[i]);
+      return kInclusive ? key <= threshold : key < threshold;
+    };
+    if (prev == nullptr) {
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        out[i] = below(i) ? zero : one;
+      }
+    } else if (alive == nullptr) {
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        out[i] = below(i) ? zero : prev[i];
+      }
+    } else {
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        out[i] = (below(i) && alive[i] == one) ? zero : prev[i];
+      }
+    }
+  }
+
+  void write_item_cut(int64_t idx, key_t threshold, int64_t share) {
+    const Item& it = items_[idx];
+    const key_t* raw = raw_[it.job];
+    const mask_t* alive = alive_[it.job];
+    const mask_t* prev = prev_[it.job];
+    mask_t* out = out_[it.job];
+    const mask_t one = one_, zero = 0;
+    for (int64_t i = it.begin; i < it.end; ++i) {
+      const key_t key = Traits::key(raw[i]);
+      const bool live = alive == nullptr || alive[i] == one;
+      bool selected = live && key < threshold;
+      if (share > 0 && live && key == threshold) {
+        selected = true;
+        --share;
+      }
+      out[i] = selected ? zero : (prev != nullptr ? prev[i] : one);
+    }
   }
 
   int64_t k_;
+  mask_t one_;  // the bits of 1 in the mask dtype
   int64_t n_total_ = 0;
   std::vector<const key_t*> raw_;
   std::vector<const mask_t*> alive_;  // set only where among_alive filters
@@ -302,6 +458,7 @@ class CpuSelect {
   std::vector<Item> items_;
   std::vector<std::vector<key_t>> cands_;
   bool compacted_ = false;
+  Window window_;
 };
 
 void run_cpu(MaskProblem& p) {
@@ -310,8 +467,8 @@ void run_cpu(MaskProblem& p) {
   }
   PRUNEEXT_DISPATCH_SCORES(p.score_dtype, "l1_mask", [&] {
     using Traits = typename KeyOf<scalar_t>::type;
-    PRUNEEXT_DISPATCH_MASKS(p.mask_dtype, "l1_mask", [&] {
-      CpuSelect<Traits, mask_t>(p).run();
+    PRUNEEXT_DISPATCH_MASK_BITS(p.mask_dtype, "l1_mask", [&] {
+      CpuSelect<Traits, mask_bits_t>(p).run();
     });
   });
 }
