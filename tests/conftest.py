@@ -1,9 +1,16 @@
 """Shared fixtures: the backends to test, and tensors without ties."""
+import os
+
 import pytest
 import torch
 
-import pruneext
-from pruneext import backends
+# Without a GPU, run the Triton backend's kernels on CPU tensors under the
+# Triton interpreter: @triton.jit reads this when pruneext is imported below.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pruneext  # noqa: E402
+from pruneext import backends  # noqa: E402
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

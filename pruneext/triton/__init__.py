@@ -1,0 +1,41 @@
+"""The `triton` backend: the mask ops as Triton kernels (radix select).
+
+Serves CUDA tensors; under the Triton interpreter (TRITON_INTERPRET=1, read
+when this package is imported) it serves CPU tensors too, which is how CI
+tests it without a GPU. Importing it registers the torch ops
+pruneext::l1_mask_triton and pruneext::l1_mask_global_triton. Without an
+importable Triton the package raises ImportError, which pruneext swallows,
+and the backend is listed as unavailable with the reason.
+"""
+import torch
+
+from .. import backends
+
+try:
+    import triton  # noqa: F401
+    import triton.language  # noqa: F401
+except Exception as e:  # ImportError, or a Triton that does not match this torch
+    backends.mark_unavailable("triton", f"triton is not importable ({type(e).__name__}: {e})")
+    raise ImportError(f"pruneext.triton: triton is not importable: {e}") from e
+
+from . import ops  # noqa: E402  (registers the torch ops)
+from .keys import KEY_PLANS, MASK_BITS  # noqa: E402
+from .select import INTERPRET  # noqa: E402
+
+DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
+
+if torch.cuda.is_available() or INTERPRET:
+    backends.register(
+        backends.Backend(
+            name="triton",
+            devices=DEVICES,
+            l1_mask=ops.l1_mask,
+            l1_mask_global=ops.l1_mask_global,
+            score_dtypes=frozenset(KEY_PLANS),
+            mask_dtypes=frozenset(MASK_BITS),
+        )
+    )
+else:
+    backends.mark_unavailable(
+        "triton", "no CUDA device is visible (TRITON_INTERPRET=1 runs the Triton kernels on CPU tensors)"
+    )

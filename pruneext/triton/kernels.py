@@ -6,21 +6,26 @@ Element offsets are int64 throughout. A small int64 `state` tensor carries
 the selection from one launch to the next, so the pipeline needs no host
 sync:
 
-    state[PREFIX]  the key digits resolved so far (finally the threshold T)
-    state[RANK]    rank of the k-th key within the current bucket
-                   (finally r: how many keys == T to select)
-    state[BELOW]   keys below the current bucket (finally count(key < T))
-    state[TOTAL]   alive keys in all, after the first pass
+    state[0] PREFIX  the key digits resolved so far (finally the threshold T)
+    state[1] RANK    rank of the k-th key within the current bucket
+                     (finally r: how many keys == T to select)
+    state[2] BELOW   keys below the current bucket (finally count(key < T))
+    state[3] TOTAL   alive keys in all, after the first pass
+
+(The kernels spell these indices as literals: Inductor re-emits the source
+of user kernels, and plain literals need no module globals.)
+
+With FILTER (among_alive with a default mask) only entries whose mask is 1
+count. Each kernel loads that mask itself: torch's mutation analysis of
+user kernels would take a pointer handed to a helper function (and feeding
+an atomic's mask) for a written one, and clone the mask under torch.compile.
 """
 import triton
 import triton.language as tl
 
-from .keys import is_alive, magnitude_key
+from .keys import magnitude_key
 
-PREFIX = tl.constexpr(0)
-RANK = tl.constexpr(1)
-BELOW = tl.constexpr(2)
-TOTAL = tl.constexpr(3)
+PREFIX, RANK, BELOW, TOTAL = 0, 1, 2, 3  # for the host
 
 
 @triton.jit
@@ -37,9 +42,11 @@ def histogram_kernel(
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < n
     key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
-    valid = is_alive(prev_ptr, offs, in_range, ONE, FILTER)
+    valid = in_range
+    if FILTER:
+        valid = valid & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
     if not FIRST:
-        valid = valid & ((key >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + PREFIX))
+        valid = valid & ((key >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + 0))  # PREFIX
     digit = ((key >> SHIFT) & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
     # Ties all land in one bin and would serialise on one atomic: add the
     # block's smallest digit (zeros, the common tie) with a single atomic,
@@ -70,14 +77,14 @@ def select_bucket_kernel(
         total = tl.zeros([], tl.int64)
         for start in range(0, NBINS, CHUNK):
             total += tl.sum(tl.load(hist_ptr + start + lanes), axis=0)
-        tl.store(state_ptr + TOTAL, total)
+        tl.store(state_ptr + 3, total)  # TOTAL
         rank = tl.minimum(total, k.to(tl.int64))
         prefix = tl.zeros([], tl.int64)
         below_bucket = tl.zeros([], tl.int64)
     else:
-        rank = tl.load(state_ptr + RANK)
-        prefix = tl.load(state_ptr + PREFIX)
-        below_bucket = tl.load(state_ptr + BELOW)
+        rank = tl.load(state_ptr + 1)  # RANK
+        prefix = tl.load(state_ptr + 0)  # PREFIX
+        below_bucket = tl.load(state_ptr + 2)  # BELOW
     # First bin whose inclusive cumulative count reaches rank (bin 0 for rank 0).
     bucket = tl.zeros([], tl.int64)
     below = tl.zeros([], tl.int64)
@@ -93,9 +100,9 @@ def select_bucket_kernel(
         below = tl.where(here, tl.sum(tl.where(lanes == first, inclusive - h, 0), axis=0), below)
         found = found | here.to(tl.int32)
         cum += tl.sum(h, axis=0)
-    tl.store(state_ptr + PREFIX, (prefix << DIGIT_BITS) | bucket)
-    tl.store(state_ptr + RANK, rank - below)
-    tl.store(state_ptr + BELOW, below_bucket + below)
+    tl.store(state_ptr + 0, (prefix << DIGIT_BITS) | bucket)
+    tl.store(state_ptr + 1, rank - below)
+    tl.store(state_ptr + 2, below_bucket + below)
 
 
 @triton.jit
@@ -109,8 +116,10 @@ def count_ties_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < n
     key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
-    alive = is_alive(prev_ptr, offs, in_range, ONE, FILTER)
-    ties = alive & (key == tl.load(state_ptr + PREFIX))
+    alive = in_range
+    if FILTER:
+        alive = alive & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+    ties = alive & (key == tl.load(state_ptr + 0))  # PREFIX
     tl.store(counts_ptr + count_base + pid, tl.sum(ties.to(tl.int64), axis=0))
 
 
@@ -128,13 +137,15 @@ def write_mask_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < n
     key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
-    alive = is_alive(prev_ptr, offs, in_range, ONE, FILTER)
-    threshold = tl.load(state_ptr + PREFIX)
-    ties = alive & (key == threshold)
-    tie_rank = tl.load(ties_before_ptr + count_base + pid) + tl.cumsum(ties.to(tl.int32), axis=0) - 1
-    selected = alive & ((key < threshold) | (ties & (tie_rank < tl.load(state_ptr + RANK))))
-    if HAS_PREV:
+    if HAS_PREV:  # (FILTER implies HAS_PREV: the mask is read once)
         keep = tl.load(prev_ptr + offs, mask=in_range, other=0)
     else:
         keep = tl.full([BLOCK], OUT_ONE, out_ptr.dtype.element_ty)
+    alive = in_range
+    if FILTER:
+        alive = alive & (keep == ONE)
+    threshold = tl.load(state_ptr + 0)  # PREFIX
+    ties = alive & (key == threshold)
+    tie_rank = tl.load(ties_before_ptr + count_base + pid) + tl.cumsum(ties.to(tl.int32), axis=0) - 1
+    selected = alive & ((key < threshold) | (ties & (tie_rank < tl.load(state_ptr + 1))))  # RANK
     tl.store(out_ptr + offs, tl.where(selected, tl.zeros_like(keep), keep), mask=in_range)

@@ -6,7 +6,7 @@ constants of its key; for each mask dtype, the integer view and the bits of
 never rounded or canonicalised (1.0 has one bit pattern in every format, so
 `bits == ONE` is exactly `value == 1`).
 
-Device side: `magnitude_key` and `is_alive`, inlined into every kernel.
+Device side: `magnitude_key`, inlined into every kernel.
 """
 from dataclasses import dataclass
 
@@ -66,12 +66,3 @@ def magnitude_key(bits, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl
     else:
         key = bits.to(tl.int32) & ABS_MASK  # int16 bits sign-extend, then masked
     return tl.where(key > INF_BITS, ABS_MASK, key)
-
-
-@triton.jit
-def is_alive(prev_ptr, offs, in_range, ONE: tl.constexpr, FILTER: tl.constexpr):
-    """In range and, when FILTER (among_alive with a default mask), mask == 1."""
-    if FILTER:
-        return in_range & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
-    else:
-        return in_range

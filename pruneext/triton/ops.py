@@ -1,0 +1,53 @@
+"""The Triton kernels as torch ops, and the `triton` backend's functions.
+
+On a GPU the ops are torch.library.triton_op: torch.compile (through
+AOTDispatcher) sees the wrap_triton kernel launches of select.py rather than
+an opaque call, and eager calls launch the kernels directly. Interpreted
+kernels (TRITON_INTERPRET=1) cannot be traced, so there the same functions
+are registered as plain custom ops, opaque to torch.compile.
+"""
+from typing import List, Optional
+
+import torch
+
+from .select import INTERPRET, l1_masks
+
+
+def _register(name):
+    """Register `fn` as the op `name`; fn itself is the fake implementation
+    (on fake tensors select.py allocates the outputs and launches nothing
+    that runs)."""
+
+    def wrap(fn):
+        if not INTERPRET:
+            return torch.library.triton_op(name, fn, mutates_args=())
+        op = torch.library.custom_op(name, fn, mutates_args=())
+        op.register_fake(fn)
+        return op
+
+    return wrap
+
+
+@_register("pruneext::l1_mask_triton")
+def l1_mask_triton(
+    scores: torch.Tensor, k: int, default_mask: Optional[torch.Tensor] = None, among_alive: bool = False
+) -> torch.Tensor:
+    """pruneext.ops.l1_mask on the Triton kernels."""
+    return l1_masks([scores], k, [default_mask], among_alive, "l1_mask")[0]
+
+
+@_register("pruneext::l1_mask_global_triton")
+def l1_mask_global_triton(
+    scores: List[torch.Tensor], k: int, default_masks: List[Optional[torch.Tensor]], among_alive: bool = False
+) -> List[torch.Tensor]:
+    """pruneext.ops.l1_mask_global on the Triton kernels (no concatenation)."""
+    return l1_masks(list(scores), k, list(default_masks), among_alive, "l1_mask_global")
+
+
+# The backend's functions (pruneext.backends.Backend).
+def l1_mask(scores, k, default_mask=None, among_alive=False):
+    return torch.ops.pruneext.l1_mask_triton(scores, k, default_mask, among_alive)
+
+
+def l1_mask_global(scores, k, default_masks, among_alive=False):
+    return torch.ops.pruneext.l1_mask_global_triton(list(scores), k, list(default_masks or []), among_alive)

@@ -1,0 +1,175 @@
+"""Host driver of the Triton radix select: checks the arguments, allocates,
+and launches the kernels of kernels.py.
+
+For a list of tensors (the single-tensor op is a list of one), with
+P = len(KeyPlan.digits) radix passes (fp32: 3, fp16/bf16: 1, fp64: 6):
+
+    for each pass:   histogram_kernel per tensor (one shared histogram),
+                     then select_bucket_kernel (one program)
+    count_ties_kernel per tensor   (keys == T per block, one shared buffer)
+    torch.cumsum                   (exclusive scan of those counts, int64)
+    write_mask_kernel per tensor   (the mask, ties in flat / list order)
+
+k == 0 skips straight to the write. The scores are never concatenated:
+the temporaries are the histograms (a few thousand int64), a 4-entry state
+and one int64 per block. There is no host sync, except to refuse
+k > the alive count when that count lives on the device (among_alive with a
+default mask): then one `.item()` after everything is launched, and only in
+eager mode (a traced graph cannot raise; see select_bucket_kernel).
+"""
+import torch
+import triton
+from torch._subclasses.fake_tensor import is_fake
+from torch.library import wrap_triton
+
+from . import kernels
+from .keys import KEY_PLANS, MASK_BITS
+
+# TRITON_INTERPRET=1 (read by @triton.jit when kernels.py was imported) makes
+# the kernels InterpretedFunctions: they run on CPU tensors, and cannot be traced.
+INTERPRET = not isinstance(kernels.histogram_kernel, triton.runtime.JITFunction)
+# Elements per program: HIST_BLOCK for the histogram passes, MASK_BLOCK for
+# the tie counts and the mask (one tie count per MASK_BLOCK). The interpreter
+# runs programs one after another, so it gets large blocks (numpy-vectorised);
+# a GPU gets many small ones. (Tests shrink them to cross block boundaries.)
+HIST_BLOCK = 1 << 16 if INTERPRET else 4096
+MASK_BLOCK = 1 << 16 if INTERPRET else 2048
+NUM_WARPS = 8
+SELECT_CHUNK = 1024  # bins per step of select_bucket_kernel
+
+
+def _launch(kernel, grid, *args, tracing=False, **meta):
+    """Launch through wrap_triton (traceable by torch.compile / make_fx).
+    Interpreted kernels cannot be traced: under fake tensors (fake
+    propagation of the op) they are skipped, as only shapes matter there."""
+    if tracing and INTERPRET:
+        return
+    wrap_triton(kernel)[grid](*args, num_warps=NUM_WARPS, **meta)
+
+
+class _Job:
+    """One tensor of the list: integer views of its scores and default mask,
+    its output, and where its blocks' tie counts go."""
+
+    def __init__(self, scores, prev, among_alive, count_base):
+        self.n = scores.numel()
+        self.bits = scores.contiguous().view(KEY_PLANS[scores.dtype].bits_dtype)
+        self.prev = None if prev is None else prev.contiguous().view(MASK_BITS[prev.dtype][0])
+        self.filter = among_alive and prev is not None
+        # bits of 1 in the default mask, when it filters (1 otherwise, unused:
+        # one value keeps the number of compiled specialisations down)
+        self.prev_one = MASK_BITS[prev.dtype][1] if self.filter else 1
+        self.out_dtype = scores.dtype if prev is None else prev.dtype
+        out_bits_dtype, self.out_one = MASK_BITS[self.out_dtype]
+        self.out = torch.empty(scores.shape, dtype=out_bits_dtype, device=scores.device)
+        self.blocks = triton.cdiv(self.n, MASK_BLOCK)  # of the mask passes
+        self.count_base = count_base
+
+    def key_args(self, plan):
+        """The (prev pointer, constexprs) that every kernel's key and alive
+        test take; without a default mask the pointer is never read."""
+        prev = self.bits if self.prev is None else self.prev
+        return prev, dict(
+            ABS_MASK=plan.abs_mask, INF_BITS=plan.inf_bits, WIDE=plan.wide, ONE=self.prev_one, FILTER=self.filter
+        )
+
+    def result(self):
+        return self.out.view(self.out_dtype)
+
+
+def _check(scores, masks, k, op):
+    if k < 0:
+        raise RuntimeError(f"{op}: k must be non-negative, got {k}")
+    if masks and len(masks) != len(scores):
+        raise RuntimeError(
+            f"{op}: expected one default mask per score tensor (or none), got {len(masks)} masks "
+            f"for {len(scores)} tensors"
+        )
+    if not scores:
+        if k != 0:
+            raise RuntimeError(f"{op}: k={k} but there is nothing to prune")
+        return
+    dtype, device = scores[0].dtype, scores[0].device
+    if dtype not in KEY_PLANS:
+        raise TypeError(f"{op}: scores must be float32, float64, float16 or bfloat16, got {dtype}")
+    for s, m in zip(scores, masks or [None] * len(scores)):
+        if s.dtype != dtype:
+            raise TypeError(f"{op}: all score tensors must share one dtype, got {dtype} and {s.dtype}")
+        if s.device != device:
+            raise RuntimeError(f"{op}: all tensors must be on one device, got {device} and {s.device}")
+        if m is None:
+            continue
+        if m.shape != s.shape:
+            raise RuntimeError(
+                f"{op}: default mask of shape {tuple(m.shape)} does not match scores of shape {tuple(s.shape)}"
+            )
+        if m.device != device:
+            raise RuntimeError(f"{op}: default mask on {m.device} but scores on {device}")
+        if m.dtype not in MASK_BITS:
+            raise TypeError(f"{op}: unsupported default mask dtype {m.dtype}")
+
+
+def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
+    """The masks of the k smallest-|scores| entries of the list, ranked
+    together (see pruneext.ops for the semantics)."""
+    _check(scores, masks, k, op)
+    if not scores:
+        return []
+    masks = list(masks) if masks else [None] * len(scores)
+    plan = KEY_PLANS[scores[0].dtype]
+    device = scores[0].device
+    tracing = any(is_fake(t) for t in scores)  # fake propagation / torch.compile tracing
+
+    jobs, blocks = [], 0
+    for s, m in zip(scores, masks):
+        jobs.append(_Job(s, m, among_alive, blocks))
+        blocks += jobs[-1].blocks
+    live = [j for j in jobs if j.n > 0]
+    filters = any(j.filter for j in jobs)
+    if not filters:  # every entry is eligible: refuse an impossible k now
+        total = sum(j.n for j in jobs)
+        if k > total:
+            raise RuntimeError(f"{op}: k={k} exceeds the {total} entries that can be pruned")
+
+    state = torch.zeros(4, dtype=torch.int64, device=device)
+    counts = torch.zeros(max(blocks, 1), dtype=torch.int64, device=device)
+    if k > 0 and live:
+        bases, nbins = [], 0
+        for _, bits in plan.digits:
+            bases.append(nbins)
+            nbins += 1 << bits
+        hist = torch.zeros(nbins, dtype=torch.int64, device=device)
+        for p, (shift, bits) in enumerate(plan.digits):
+            for job in live:
+                prev, consts = job.key_args(plan)
+                _launch(
+                    kernels.histogram_kernel, (triton.cdiv(job.n, HIST_BLOCK),),
+                    job.bits, prev, job.n, hist, bases[p], state,
+                    SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=HIST_BLOCK, tracing=tracing, **consts,
+                )
+            _launch(
+                kernels.select_bucket_kernel, (1,), hist, bases[p], state, k,
+                DIGIT_BITS=bits, FIRST=p == 0, CHUNK=min(SELECT_CHUNK, 1 << bits), tracing=tracing,
+            )
+        for job in live:
+            prev, consts = job.key_args(plan)
+            _launch(
+                kernels.count_ties_kernel, (job.blocks,),
+                job.bits, prev, job.n, state, counts, job.count_base,
+                BLOCK=MASK_BLOCK, tracing=tracing, **consts,
+            )
+        ties_before = torch.cumsum(counts, 0) - counts
+    else:
+        ties_before = counts
+    for job in live:
+        prev, consts = job.key_args(plan)
+        _launch(
+            kernels.write_mask_kernel, (job.blocks,),
+            job.bits, prev, job.out, job.n, state, ties_before, job.count_base,
+            HAS_PREV=job.prev is not None, OUT_ONE=job.out_one, BLOCK=MASK_BLOCK, tracing=tracing, **consts,
+        )
+    if filters and k > 0 and not tracing:
+        total = int(state[kernels.TOTAL])  # the one host sync
+        if k > total:
+            raise RuntimeError(f"{op}: k={k} exceeds the {total} entries that can be pruned")
+    return [job.result() for job in jobs]

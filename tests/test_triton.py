@@ -1,0 +1,499 @@
+"""The Triton backend: bit-identical to the C++ `cpu` backend and the `torch`
+backend, on CUDA tensors when there is a GPU and on CPU tensors under the
+Triton interpreter (tests/conftest.py sets TRITON_INTERPRET=1 without one).
+
+Sizes are small (the interpreter runs one program at a time), and the block
+sizes are shrunk so that every test crosses block boundaries: ties are
+shared between blocks through the 64-bit exclusive scan.
+"""
+import dataclasses
+import math
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.utils.prune as torch_prune
+
+import pruneext
+from pruneext import _reference, backends
+from conftest import distinct_magnitudes
+
+if "triton" not in backends.available_backends():
+    pytest.skip(
+        f"triton backend unavailable: {backends.unavailable_backends().get('triton')}", allow_module_level=True
+    )
+
+from pruneext.triton import select as triton_select  # noqa: E402
+
+SERVED = backends._registry["triton"].devices
+DEVICES = [d for d in ("cpu", "cuda") if d in SERVED and (d == "cpu" or torch.cuda.is_available())]
+SCORE_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+MASK_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.bool, torch.uint8]
+HAVE_CPP = "cpu" in backends.available_backends()
+INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    """Blocks of a few hundred entries, so small tensors span many blocks."""
+    monkeypatch.setattr(triton_select, "HIST_BLOCK", 512)
+    monkeypatch.setattr(triton_select, "MASK_BLOCK", 256)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def triton_mask(x, k, mask=None, among_alive=False):
+    return torch.ops.pruneext.l1_mask_triton(x, k, mask, among_alive)
+
+
+def triton_global(xs, k, masks, among_alive=False):
+    return torch.ops.pruneext.l1_mask_global_triton(xs, k, masks, among_alive)
+
+
+def reference_globals(xs, k, masks, among_alive):
+    """The masks of the other backends: C++ on CPU copies (where built) and
+    the torch backend on the tensors' device."""
+    refs = [_reference.l1_mask_global(xs, k, masks, among_alive)]
+    if HAVE_CPP:
+        cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+        refs.append(torch.ops.pruneext.l1_mask_global([cpu(x) for x in xs], k, [cpu(m) for m in masks], among_alive))
+    return refs
+
+
+def bits(t):
+    """The raw bits of a tensor, on the CPU (NaN payloads and -0.0 count)."""
+    t = t.detach().cpu().contiguous()
+    return t.view(INT_VIEW[t.element_size()])
+
+
+def assert_identical(got, want):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert got.is_contiguous()
+    assert torch.equal(bits(got), bits(want))
+
+
+def assert_matches_references(xs, k, masks, among_alive, single=False):
+    got = triton_global(xs, k, masks, among_alive)
+    assert all(g.device == x.device for g, x in zip(got, xs))
+    for ref in reference_globals(xs, k, masks, among_alive):
+        assert len(got) == len(ref)
+        for g, r in zip(got, ref):
+            assert_identical(g, r)
+    if single:  # the single-tensor op gives the same mask
+        assert_identical(triton_mask(xs[0], k, masks[0], among_alive), got[0])
+    return got
+
+
+def from_bits(patterns, dtype):
+    """A tensor of `dtype` holding the given unsigned bit patterns."""
+    width = torch.finfo(dtype).bits
+    signed = [p - (1 << width) if p >= 1 << (width - 1) else p for p in patterns]
+    return torch.tensor(signed, dtype=INT_VIEW[width // 8]).view(dtype)
+
+
+# NaNs with other payloads and signs, signalling NaNs, the smallest denormal
+SPECIAL_BITS = {
+    torch.float32: [0x7FC00000, 0x7FC00123, 0xFFC00000, 0x7F800001, 0x00000001, 0x80000001],
+    torch.float64: [0x7FF8000000000000, 0x7FF8000000000123, 0xFFF8000000000000, 0x7FF0000000000001, 1, (1 << 63) | 1],
+    torch.float16: [0x7E00, 0x7E01, 0xFE00, 0x7C01, 0x0001, 0x8001],
+    torch.bfloat16: [0x7FC0, 0x7FC1, 0xFFC0, 0x7F81, 0x0001, 0x8001],
+}
+
+
+def scores_with_ties(n, dtype, seed=0, device="cpu"):
+    """Few distinct magnitudes (heavy ties), both zeros, both infinities,
+    NaNs of every kind and denormals."""
+    g = torch.Generator().manual_seed(seed)
+    common = torch.tensor([0.0, -0.0, 0.25, -0.25, 1.0, -1.0, 3.5, float("inf"), -float("inf")], dtype=dtype)
+    pool = torch.cat([common, from_bits(SPECIAL_BITS[dtype], dtype), torch.randn(6, generator=g).to(dtype)])
+    weights = torch.ones(pool.numel())
+    weights[:4] = 6.0  # many zeros and +-0.25
+    return pool[torch.multinomial(weights, n, replacement=True, generator=g)].to(device)
+
+
+def mask_values(n, dtype, seed=0, device="cpu"):
+    """A default mask: mostly 0/1, plus (where the dtype has them) values
+    that are neither, which must be copied through bit for bit."""
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.bool:
+        return (torch.rand(n, generator=g) > 0.3).to(device)
+    if dtype == torch.uint8:
+        pool = torch.tensor([1, 1, 1, 0, 2, 255], dtype=torch.uint8)
+    else:
+        odd = torch.tensor([1.0, 1.0, 1.0, 0.0, -0.0, 0.5, 2.0], dtype=dtype)
+        pool = torch.cat([odd, from_bits(SPECIAL_BITS[dtype][:1], dtype)])  # and a NaN
+    return pool[torch.randint(0, pool.numel(), (n,), generator=g)].to(device)
+
+
+def alive_count(masks, xs, among_alive):
+    return sum(
+        x.numel() if (m is None or not among_alive) else int((m == 1).sum()) for x, m in zip(xs, masks)
+    )
+
+
+# ---------------------------------------------------------------- the ops
+
+
+# every score dtype with no mask, a bool mask and a mask of its own dtype;
+# float32 scores with every mask dtype
+DTYPE_PAIRS = [(d, m) for d in SCORE_DTYPES for m in (None, torch.bool, d)] + [
+    (torch.float32, m) for m in MASK_DTYPES if m not in (torch.bool, torch.float32)
+]
+
+
+@pytest.mark.parametrize("dtype,mask_dtype", DTYPE_PAIRS, ids=str)
+@pytest.mark.parametrize("among_alive", [False, True])
+def test_bit_identical_to_other_backends(device, dtype, mask_dtype, among_alive):
+    n = 1000
+    x = scores_with_ties(n, dtype, seed=n, device=device).reshape(25, 40)
+    mask = None if mask_dtype is None else mask_values(n, mask_dtype, seed=1, device=device).reshape(25, 40)
+    alive = alive_count([mask], [x], among_alive)
+    for k in (1, alive // 3, alive):
+        got = assert_matches_references([x], k, [mask], among_alive, single=k == 1)[0]
+        assert got.dtype == (dtype if mask is None else mask_dtype)
+
+
+@pytest.mark.parametrize("dtype", SCORE_DTYPES)
+def test_nan_inf_signed_zero_every_k(device, dtype):
+    x = torch.tensor([float("nan"), 0.0, -0.0, float("inf"), -float("inf"), 1.0, -float("nan"), -1.0, 3.0], dtype=dtype)
+    x = torch.cat([x, from_bits(SPECIAL_BITS[dtype], dtype)]).to(device)
+    for k in range(x.numel() + 1):
+        assert_matches_references([x], k, [None], False)
+    assert triton_mask(x, 1).cpu().tolist()[1:3] == [0.0, 1.0]  # -0.0 ties +0.0: lowest index first
+    # NaNs go last: after every number and both infinities
+    nan_positions = torch.isnan(x.cpu()).nonzero().flatten()
+    kept = triton_mask(x, x.numel() - len(nan_positions)).cpu()
+    assert bool((kept[nan_positions] == 1).all()) and int((kept == 0).sum()) == x.numel() - len(nan_positions)
+
+
+@pytest.mark.parametrize("dtype", SCORE_DTYPES)
+def test_heavy_ties_across_blocks_go_by_flat_index(device, dtype):
+    n = 1000  # 4 mask blocks, 2 histogram blocks
+    for values in ([0.0], [-2.5], [1.0, 2.0]):
+        x = torch.tensor(values * (n // len(values)), dtype=dtype, device=device)
+        for k in (1, 256, 257, n // 2 + 3, n - 1):
+            got = assert_matches_references([x], k, [None], False)[0].cpu()
+            key = bits(x).long() & ((1 << (8 * x.element_size() - 1)) - 1)
+            order = torch.argsort(key, stable=True)
+            expected = torch.ones(n, dtype=dtype)
+            expected[order[:k]] = 0
+            assert torch.equal(got, expected)
+
+
+def test_default_block_sizes(device, monkeypatch):
+    monkeypatch.undo()  # the real blocks: a tensor of three and a bit of them
+    n = 3 * max(triton_select.HIST_BLOCK, triton_select.MASK_BLOCK) + 5
+    for dtype in (torch.float32, torch.bfloat16):
+        x = scores_with_ties(n, dtype, seed=7, device=device)
+        mask = mask_values(n, torch.bool, seed=8, device=device)
+        assert_matches_references([x], n // 3, [mask], True)
+
+
+@pytest.mark.parametrize("shape", [(0,), (2, 0, 3), ()])
+def test_empty_and_scalar_tensors(device, shape):
+    x = torch.full(shape, -1.5, device=device)
+    n = x.numel()
+    for k in range(n + 1):
+        for m in (None, torch.ones(shape, dtype=torch.bool, device=device)):
+            got = assert_matches_references([x], k, [m], True)[0]
+            assert got.shape == x.shape
+    with pytest.raises(RuntimeError, match="exceeds"):
+        triton_mask(x, n + 1)
+
+
+def test_k_zero_and_k_n_keep_the_default_mask(device):
+    x = scores_with_ties(300, torch.float32, device=device)
+    mask = mask_values(300, torch.float16, seed=3, device=device)
+    assert_identical(triton_mask(x, 0, mask, True), mask)
+    assert_identical(triton_mask(x, 0, mask, False), mask)
+    assert torch.equal(triton_mask(x, 300).cpu(), torch.zeros(300))
+    everything = triton_mask(x, 300, mask, False)
+    assert int((everything == 0).sum()) == 300
+
+
+def test_non_contiguous_inputs(device):
+    base = scores_with_ties(6 * 7 * 8, torch.float32, seed=5, device=device).reshape(6, 7, 8)
+    x = base.permute(2, 0, 1)
+    mask = mask_values(x.numel(), torch.float32, seed=6, device=device).reshape(7, 6, 8).permute(2, 1, 0)
+    assert not x.is_contiguous() and not mask.is_contiguous() and mask.shape == x.shape
+    got = assert_matches_references([x], 100, [mask], True)[0]
+    assert got.shape == x.shape and got.is_contiguous()
+    assert_identical(got, triton_mask(x.contiguous(), 100, mask.contiguous(), True))
+
+
+@pytest.mark.parametrize("dtype", SCORE_DTYPES)
+@pytest.mark.parametrize("among_alive", [False, True])
+def test_global_mixed_sizes(device, dtype, among_alive):
+    shapes = [(3, 5), (0,), (700,), (1,), (17, 13), ()]
+    xs = [
+        scores_with_ties(max(1, math.prod(s)), dtype, seed=i, device=device)[: math.prod(s)].reshape(s)
+        for i, s in enumerate(shapes)
+    ]
+    masks = [
+        None,
+        None,
+        mask_values(700, dtype, seed=11, device=device),
+        None,
+        mask_values(221, dtype, seed=12, device=device).reshape(17, 13),
+        torch.ones((), dtype=dtype, device=device),
+    ]
+    total = alive_count(masks, xs, among_alive)
+    for k in (0, 1, total // 2, total):
+        got = assert_matches_references(xs, k, masks, among_alive)
+        for g, x, m in zip(got, xs, masks):
+            assert g.dtype == (x.dtype if m is None else m.dtype) and g.device == x.device
+    with pytest.raises(RuntimeError, match="exceeds"):
+        triton_global(xs, total + 1, masks, among_alive)
+
+
+def test_global_ties_go_to_earlier_tensors_and_bool_masks(device):
+    xs = [torch.ones(300, device=device), torch.ones(5, 7, device=device), torch.ones(10, device=device)]
+    masks = [torch.ones(300, dtype=torch.bool, device=device), None, (torch.arange(10, device=device) % 2 == 0)]
+    for k in (150, 300, 310, 314):
+        got = assert_matches_references(xs, k, masks, True)
+        zeros = [int((g == 0).sum()) for g in got]
+        assert zeros[0] == min(k, 300) and zeros[1] == min(max(k - 300, 0), 35)
+    assert triton_global([], 0, [], False) == []
+    with pytest.raises(RuntimeError):
+        triton_global([], 1, [], False)
+
+
+def test_global_does_not_concatenate(device, monkeypatch):
+    xs = [scores_with_ties(n, torch.float32, seed=n, device=device) for n in (100, 200, 300)]
+    expected = reference_globals(xs, 250, [None] * 3, False)[0]
+
+    def no_cat(*args, **kwargs):
+        raise AssertionError("the global op concatenated its inputs")
+
+    monkeypatch.setattr(torch, "cat", no_cat)
+    monkeypatch.setattr(torch, "concat", no_cat)
+    for g, e in zip(triton_global(xs, 250, [None] * 3), expected):
+        assert_identical(g, e)
+
+
+@pytest.mark.parametrize("dtype", SCORE_DTYPES)
+def test_matches_topk_on_tie_free_data(device, dtype):
+    x = distinct_magnitudes(30, 40 if dtype not in (torch.float16, torch.bfloat16) else 30, dtype=dtype, device=device)
+    for k in (1, 17, x.numel() // 2, x.numel() - 1):
+        got = triton_mask(x, k)
+        expected = torch.ones(x.numel(), dtype=dtype, device=device)
+        expected[torch.topk(x.abs().flatten().float(), k, largest=False).indices] = 0
+        assert torch.equal(got.flatten(), expected)
+
+
+def test_errors(device):
+    x = torch.randn(10, device=device)
+    with pytest.raises(RuntimeError, match="exceeds"):
+        triton_mask(x, 11)
+    with pytest.raises(RuntimeError, match="exceeds"):
+        triton_mask(x, 6, torch.tensor([1.0, 0.0] * 5, device=device), True)
+    with pytest.raises(RuntimeError, match="exceeds"):
+        triton_global([x, x], 21, [None, None])
+    with pytest.raises(RuntimeError, match="non-negative"):
+        triton_mask(x, -1)
+    with pytest.raises(RuntimeError, match="does not match"):
+        triton_mask(x, 2, torch.ones(5, 2, device=device))
+    with pytest.raises(TypeError):
+        triton_mask(torch.arange(10, device=device), 2)
+    with pytest.raises(TypeError):
+        triton_mask(x, 2, torch.ones(10, dtype=torch.int32, device=device))
+    with pytest.raises(TypeError):
+        triton_global([x, x.double()], 2, [None, None])
+
+
+# ---------------------------------------------------------------- the backend
+
+
+def test_backend_serves_its_devices():
+    triton_backend = backends._registry["triton"]
+    assert "cuda" in triton_backend.devices
+    assert ("cpu" in triton_backend.devices) == triton_select.INTERPRET
+    for dtype in SCORE_DTYPES:
+        assert triton_backend.refusal("cuda", dtype, torch.bool) is None
+    # "auto" on CPU keeps the C++ / torch backends: the interpreter is for tests.
+    assert backends.resolve("cpu", torch.float32).name != "triton"
+
+
+def spy_on_triton(monkeypatch):
+    """Record the calls that reach the triton backend's two functions."""
+    calls = []
+    original = backends._registry["triton"]
+
+    def spy(name):
+        fn = getattr(original, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    spied = dataclasses.replace(original, l1_mask=spy("l1_mask"), l1_mask_global=spy("l1_mask_global"))
+    monkeypatch.setitem(backends._registry, "triton", spied)
+    return calls
+
+
+def tie_free_linear(device, seed=0):
+    layer = torch.nn.Linear(12, 9)
+    with torch.no_grad():
+        layer.weight.copy_(distinct_magnitudes(9, 12, seed=seed) / 100)
+        layer.bias.copy_(distinct_magnitudes(9, seed=seed + 1) / 100 + 1)
+    return layer.to(device)
+
+
+def test_use_backend_routes_l1_unstructured(device, monkeypatch):
+    calls = spy_on_triton(monkeypatch)
+    ours, theirs = tie_free_linear(device), tie_free_linear(device)
+    with pruneext.use_backend("triton"):
+        pruneext.l1_unstructured(ours, "weight", amount=0.3)
+        pruneext.l1_unstructured(ours, "weight", amount=0.5)  # iterative: among the alive
+    torch_prune.l1_unstructured(theirs, "weight", amount=0.3)
+    torch_prune.l1_unstructured(theirs, "weight", amount=0.5)
+    assert calls == ["l1_mask", "l1_mask"]
+    assert torch.equal(ours.weight_mask, theirs.weight_mask)
+    assert torch.equal(ours.weight, theirs.weight)
+
+
+def test_use_backend_routes_global_unstructured(device, monkeypatch):
+    calls = spy_on_triton(monkeypatch)
+    ours = [tie_free_linear(device, seed=s) for s in (0, 10)]
+    theirs = [tie_free_linear(device, seed=s) for s in (0, 10)]
+    # tie-free across the two layers too: shift the second one's magnitudes
+    for layers in (ours, theirs):
+        with torch.no_grad():
+            layers[1].weight.mul_(1000)
+    with pruneext.use_backend("triton"):
+        pruneext.global_unstructured([(m, "weight") for m in ours], pruneext.L1Unstructured, amount=70)
+    torch_prune.global_unstructured([(m, "weight") for m in theirs], torch_prune.L1Unstructured, amount=70)
+    assert calls == ["l1_mask_global"]
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.weight_mask, b.weight_mask)
+
+
+# ---------------------------------------------------------------- torch.library
+
+
+def test_opcheck(device):
+    x = scores_with_ties(33 * 17, torch.float32, device=device).reshape(33, 17)
+    # 0/1 only: opcheck compares values, and NaN != NaN
+    mask = mask_values(33 * 17, torch.bool, seed=2, device=device).reshape(33, 17).float()
+    alive = int((mask == 1).sum())
+    samples = [
+        (torch.ops.pruneext.l1_mask_triton.default, (x, 100, None, False)),
+        (torch.ops.pruneext.l1_mask_triton.default, (x.bfloat16(), alive // 2, mask.bool(), True)),
+        (torch.ops.pruneext.l1_mask_triton.default, (x.t(), 5, mask.t(), False)),
+        (torch.ops.pruneext.l1_mask_global_triton.default, ([x, x[:3]], 200, [mask, None], True)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(device, compiler):
+    """On a GPU the triton_op decomposes into its kernels (Inductor compiles
+    them as user kernels); under the interpreter it stays an opaque op."""
+    if compiler == "inductor" and device != "cuda":
+        pytest.skip("Inductor compiles user Triton kernels for GPUs only")
+    x = scores_with_ties(500, torch.float32, device=device)
+    mask = mask_values(500, torch.bool, seed=4, device=device)
+    torch._dynamo.reset()
+
+    @torch.compile(backend=compiler, fullgraph=True)
+    def f(t, m):
+        return torch.ops.pruneext.l1_mask_triton(t * 2, 100, m, True)
+
+    assert_identical(f(x, mask), triton_mask(x * 2, 100, mask, True))
+
+
+# Without a GPU the kernels above run interpreted: the Triton compiler never
+# sees them, and the ops are plain custom ops. One fresh interpreter with
+# TRITON_INTERPRET unset, as on a GPU machine, checks what can be checked
+# without one: a stand-in driver names an sm_90 target (nothing is launched).
+GPU_PATH_SCRIPT = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+
+class TargetOnly:
+    def get_current_target(self): return GPUTarget("cuda", 90, 32)
+    def get_current_device(self): return 0
+    def get_current_stream(self, device=None): return 0
+    def get_device_interface(self): return torch.cuda
+    def get_active_torch_device(self): return torch.device("cpu")
+triton.runtime.driver.set_active(TargetOnly())
+
+import pruneext.triton.select as sel
+assert not sel.INTERPRET
+
+# 1. torch.compile's AOTDispatcher decomposes the triton_op into its launches.
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._functorch.aot_autograd import aot_function
+graphs = []
+def keep(gm, example_inputs):
+    graphs.append(gm)
+    return gm
+def f(x, m):
+    return torch.ops.pruneext.l1_mask_triton(x, 100, m, True)
+with FakeTensorMode(allow_non_fake_inputs=True):
+    x = torch.empty(1000, device="cuda")
+    m = torch.empty(1000, device="cuda", dtype=torch.bool)
+    out = aot_function(f, fw_compiler=keep)(x, m)
+assert out.dtype == torch.bool and out.shape == (1000,)
+print(graphs[0].code)
+
+# 2. Every kernel variant of the cases below compiles down to a cubin.
+compiled = set()
+def compile_only(kernel, grid, *args, tracing=False, **meta):
+    k = kernel.warmup(*args, grid=grid, num_warps=sel.NUM_WARPS, **meta)
+    assert len(k.asm["cubin"]) > 0
+    compiled.add((kernel.fn.__name__, tuple(sorted(meta.items()))))
+sel._launch = compile_only
+# each score dtype (its radix passes), filtering or not, each kind of mask
+for dtype, mask_dtype in [(torch.float32, torch.bool), (torch.float16, torch.float16),
+                          (torch.bfloat16, None), (torch.float64, torch.uint8)]:
+    x = torch.randn(300).to(dtype)
+    mask = None if mask_dtype is None else torch.ones(300, dtype=mask_dtype)
+    try:
+        sel.l1_masks([x, x[:100]], 7, [mask, None], True)
+    except RuntimeError as e:  # nothing ran, so the alive count reads 0
+        assert "exceeds" in str(e) and mask is not None
+print("COMPILED", len(compiled))
+"""
+
+
+@pytest.fixture(scope="module")
+def gpu_path_report():
+    if torch.cuda.is_available():
+        pytest.skip("the GPU runs the real thing in every test above")
+    try:
+        import triton.backends.nvidia  # noqa: F401
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"this Triton cannot target CUDA: {e}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", GPU_PATH_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_triton_op_traces_into_kernel_launches(gpu_path_report):
+    launches = gpu_path_report.count("triton_kernel_wrapper_functional(")
+    assert launches == 3 * 2 + 2  # fp32: 3 radix passes (histogram + select), ties, mask
+    assert "aten.cumsum" in gpu_path_report and "l1_mask_triton" not in gpu_path_report
+    # torch's mutation analysis (on the Triton IR) finds that only the
+    # temporaries and the output are written: no input gets cloned
+    cloned = set(re.findall(r"'(\w+)'", " ".join(re.findall(r"tensors_to_clone = \[[^]]*\]", gpu_path_report))))
+    assert cloned == {"hist_ptr", "state_ptr", "counts_ptr", "out_ptr"}
+
+
+def test_kernels_compile_for_sm90(gpu_path_report):
+    assert int(gpu_path_report.split("COMPILED")[-1]) > 25
