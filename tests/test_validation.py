@@ -12,6 +12,13 @@ def raised(fn):
     return type(info.value), str(info.value)
 
 
+def assert_same_error(call, kind):
+    """call(lib) must raise `kind` with the same message for both libraries."""
+    ours, theirs = raised(lambda: call(prune)), raised(lambda: call(torch_prune))
+    assert ours == theirs
+    assert ours[0] is kind
+
+
 @pytest.mark.parametrize("amount", ["0.5", None, [0.2], 1 + 2j])
 @pytest.mark.parametrize("cls", ["L1Unstructured", "RandomUnstructured"])
 def test_amount_type(cls, amount):
@@ -40,10 +47,7 @@ def test_nan_amount_matches_torch(amount):
 
 
 def test_int_amount_too_large_single():
-    ours = raised(lambda: prune.l1_unstructured(torch.nn.Linear(3, 2), "weight", 7))
-    theirs = raised(lambda: torch_prune.l1_unstructured(torch.nn.Linear(3, 2), "weight", 7))
-    assert ours == theirs
-    assert ours[0] is ValueError
+    assert_same_error(lambda lib: lib.l1_unstructured(torch.nn.Linear(3, 2), "weight", 7), ValueError)
 
 
 def test_int_amount_too_large_iterative():
@@ -54,9 +58,7 @@ def test_int_amount_too_large_iterative():
         lib.l1_unstructured(m, "weight", 5)
         lib.l1_unstructured(m, "weight", 4)  # only 3 entries are left
 
-    ours, theirs = raised(lambda: run(prune)), raised(lambda: run(torch_prune))
-    assert ours == theirs
-    assert ours[0] is ValueError
+    assert_same_error(run, ValueError)
 
 
 def test_int_amount_too_large_global():
@@ -64,9 +66,7 @@ def test_int_amount_too_large_global():
         a, b = torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)
         lib.global_unstructured([(a, "weight"), (b, "weight")], lib.L1Unstructured, amount=11)
 
-    ours, theirs = raised(lambda: run(prune)), raised(lambda: run(torch_prune))
-    assert ours == theirs
-    assert ours[0] is ValueError
+    assert_same_error(run, ValueError)
 
 
 def test_importance_scores_shape():
@@ -81,10 +81,7 @@ def test_importance_scores_shape():
 
 
 def test_unknown_parameter_name():
-    ours = raised(lambda: prune.l1_unstructured(torch.nn.Linear(3, 2), "nope", 0.5))
-    theirs = raised(lambda: torch_prune.l1_unstructured(torch.nn.Linear(3, 2), "nope", 0.5))
-    assert ours == theirs
-    assert ours[0] is AttributeError
+    assert_same_error(lambda lib: lib.l1_unstructured(torch.nn.Linear(3, 2), "nope", 0.5), AttributeError)
 
 
 def test_global_not_iterable_and_bad_scores():
@@ -94,9 +91,7 @@ def test_global_not_iterable_and_bad_scores():
             [(torch.nn.Linear(2, 2), "weight")], lib.L1Unstructured, importance_scores=[1], amount=0.5
         ),
     ):
-        ours, theirs = raised(lambda: call(prune)), raised(lambda: call(torch_prune))
-        assert ours == theirs
-        assert ours[0] is TypeError
+        assert_same_error(call, TypeError)
 
 
 def test_global_structured_method_refused():

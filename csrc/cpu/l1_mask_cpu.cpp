@@ -402,13 +402,21 @@ class CpuSelect {
     });
   }
 
+  struct JobPointers {
+    const key_t* raw;
+    const mask_t* alive;
+    const mask_t* prev;
+    mask_t* out;
+  };
+
+  JobPointers pointers(int64_t job) const {
+    return {raw_[job], alive_[job], prev_[job], out_[job]};
+  }
+
   template <bool kInclusive>
   void write_item(int64_t idx, key_t threshold) {
     const Item& it = items_[idx];
-    const key_t* raw = raw_[it.job];
-    const mask_t* alive = alive_[it.job];
-    const mask_t* prev = prev_[it.job];
-    mask_t* out = out_[it.job];
+    const auto [raw, alive, prev, out] = pointers(it.job);
     const mask_t one = one_, zero = 0;
     auto below = [&](int64_t i) {
       const key_t key = Traits::key(raw[i]);
@@ -431,10 +439,7 @@ class CpuSelect {
 
   void write_item_cut(int64_t idx, key_t threshold, int64_t share) {
     const Item& it = items_[idx];
-    const key_t* raw = raw_[it.job];
-    const mask_t* alive = alive_[it.job];
-    const mask_t* prev = prev_[it.job];
-    mask_t* out = out_[it.job];
+    const auto [raw, alive, prev, out] = pointers(it.job);
     const mask_t one = one_, zero = 0;
     for (int64_t i = it.begin; i < it.end; ++i) {
       const key_t key = Traits::key(raw[i]);
