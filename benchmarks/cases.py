@@ -39,6 +39,7 @@ def _llama_like(dim, ffn, blocks, vocab):
 # Parameter lists of the global mode: name -> list of 2-D shapes.
 MODELS = {
     # scaled-down transformers (the LLaMA-7B ratios, ffn = 2.6875 * dim)
+    "warmup": _llama_like(16, 43, 1, 64),  # the global mode's warm-up (Case.small)
     "tiny-llama": _llama_like(64, 172, 2, 500),  # 0.2 M parameters, for --quick
     "small-llama": _llama_like(128, 344, 4, 2000),  # 1.3 M
     "mid-llama": _llama_like(512, 1376, 4, 8000),  # 16.8 M, --full
@@ -98,7 +99,7 @@ class Case:
     def small(self):
         """A tiny case on the same code path (mode, dtype, device): the warm-up."""
         if self.mode == "global":
-            return Case(self.mode, self.dtype, self.amount, self.device, model_numel("tiny-llama"), "tiny-llama")
+            return Case(self.mode, self.dtype, self.amount, self.device, model_numel("warmup"), "warmup")
         return Case(self.mode, self.dtype, self.amount, self.device, 4096)
 
     def to_dict(self):
@@ -168,8 +169,9 @@ class Plan:
     # The global models measured in 16-bit dtypes too (others: float32 only);
     # None: every model in every dtype.
     models_all_dtypes: Optional[list] = None
-    # Iterative sizes (None: the same as `sizes`).
+    # Iterative sizes and amounts (None: the same as `sizes`, `amounts`).
     iterative_sizes: Optional[list] = None
+    iterative_amounts: Optional[list] = None
 
 
 def preset(name, device):
@@ -178,13 +180,13 @@ def preset(name, device):
     amounts = [0.1, 0.5, 0.9]
     if name == "quick":
         return Plan(sizes=[2**12, 2**16], dtypes=["float32", "bfloat16"], amounts=[0.5],
-                    modes=list(MODES), models=["tiny-llama"])
+                    modes=list(MODES), models=["tiny-llama"], models_all_dtypes=[])
     if device == "cuda":
         if name == "full":
             return Plan(sizes=[2**k for k in range(16, 31, 2)], dtypes=all_dtypes, amounts=amounts,
                         modes=list(MODES), models=["small-llama", "mid-llama", "16xlinear2048"])
         return Plan(sizes=[2**16, 2**20, 2**24, 2**26, 2**28], dtypes=all_dtypes, amounts=amounts,
-                    modes=list(MODES), models=["small-llama", "16xlinear2048"],
+                    modes=list(MODES), models=["small-llama", "16xlinear2048"], amount_sweep_max_size=2**24,
                     iterative_sizes=[2**16, 2**20, 2**24, 2**28])
     if name == "full":
         return Plan(sizes=[2**k for k in range(16, 27, 2)], dtypes=all_dtypes, amounts=amounts,
@@ -192,7 +194,7 @@ def preset(name, device):
     # CPU default: about two minutes on a 2-core machine.
     return Plan(sizes=[2**16, 2**20, 2**24], dtypes=all_dtypes, amounts=amounts, modes=list(MODES),
                 models=["small-llama", "16xlinear2048"], amount_sweep_max_size=2**20,
-                models_all_dtypes=["small-llama"])
+                models_all_dtypes=["small-llama"], iterative_sizes=[2**16, 2**20, 2**22], iterative_amounts=[0.5])
 
 
 def build_cases(plan, device, llama=False):
@@ -212,10 +214,14 @@ def build_cases(plan, device, llama=False):
             if llama and device == "cuda" and "llama-7b" not in plan.models:
                 # the LLaMA-7B-shaped list is measured in bfloat16, as it is trained
                 for amount in plan.amounts:
+                    if plan.amount_sweep_max_size is not None and amount != 0.5:
+                        continue
                     cases.append(Case(mode, "bfloat16", amount, device, model_numel("llama-7b"), "llama-7b"))
             continue
-        sizes = plan.iterative_sizes if (mode == "iterative" and plan.iterative_sizes) else plan.sizes
-        for dtype, size, amount in itertools.product(plan.dtypes, sorted(sizes), plan.amounts):
+        sizes, amounts = plan.sizes, plan.amounts
+        if mode == "iterative":
+            sizes, amounts = plan.iterative_sizes or sizes, plan.iterative_amounts or amounts
+        for dtype, size, amount in itertools.product(plan.dtypes, sorted(sizes), amounts):
             if plan.amount_sweep_max_size is not None and amount != 0.5 and size > plan.amount_sweep_max_size:
                 continue
             cases.append(Case(mode, dtype, amount, device, size))

@@ -9,17 +9,20 @@ clock starts (a fresh module each repetition; building it is never timed).
   work of the call and every kernel it launched.
 
 Warm-up (never in the figures): the runner first runs each contender once on
-a tiny case of the same mode and dtype (pruneext.Case.small), which pays for
-lazy initialisation, Triton compilation and thread-pool start-up. The first
-full-size call is then discarded as a second warm-up when it is fast; when it
-takes `slow_s` or more (torch's topk path on large tensors takes seconds on a
-CPU) it counts as the first repetition, so a slow contender is not run an
-extra time for nothing.
+a tiny case of the same mode and dtype (benchmarks.cases.Case.small), which
+pays for lazy initialisation, Triton compilation and thread-pool start-up;
+on CUDA it also makes one untimed full-size call (for the memory figure and
+the correctness check) before timing. Then the first full-size call of the
+measurement is discarded as a further warm-up when it is fast; when it takes
+`slow_s` or more (torch's topk path on large tensors takes seconds on a CPU)
+it counts as the first repetition, so a slow contender is not run an extra
+time for nothing.
 
 Repetitions: as many as fit in `budget_s` (at least `min_reps`, at most
-`max_reps`) for fast calls; a slow call gets `slow_reps` (fewer when one call
-alone exceeds `slow_budget_s`). The median is reported with the count.
+`max_reps`) for fast calls; slow calls get as many as fit in `slow_budget_s`,
+at most `slow_reps` and at least one. The median is reported with the count.
 """
+import dataclasses
 import gc
 import statistics
 import time
@@ -117,7 +120,9 @@ def measure(clock, setup, call, policy, after_first=None):
 def copy_figures(clock, tensors, policy):
     """Median seconds of `[t.clone() for t in tensors]` and of
     `dst.copy_(src)` into preallocated tensors: the copy bandwidth reference
-    of the case (2 x bytes moved: read + write)."""
+    of the case (2 x bytes moved: read + write). Copies are cheap, so they
+    get at least 7 repetitions: the yardstick should be the steadiest figure."""
+    policy = dataclasses.replace(policy, min_reps=max(policy.min_reps, 7), max_reps=max(policy.max_reps, 7))
     clone = measure(clock, lambda: tensors, lambda ts: [t.clone() for t in ts], policy)
     dsts = [torch.empty_like(t) for t in tensors]
     pairs = list(zip(dsts, tensors))

@@ -1,0 +1,69 @@
+"""What a run ran on: CPU, GPU, versions, and pruneext.build_info()."""
+import os
+import platform
+import shlex
+import sys
+
+import torch
+
+import pruneext
+
+
+def cpu_model():
+    """The 'model name' of /proc/cpuinfo (platform.processor() elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def _triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:  # not installed, or broken on this machine
+        return None
+
+
+def info():
+    gpu = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        gpu = {
+            "name": props.name,
+            "count": torch.cuda.device_count(),
+            "memory_bytes": props.total_memory,
+            "capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count,
+        }
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _triton_version(),
+        "pruneext": getattr(pruneext, "__version__", None),
+        "pruneext_build_info": pruneext.build_info(),
+        "env": {k: os.environ[k] for k in ("PRUNEEXT_BACKEND", "TRITON_INTERPRET", "OMP_NUM_THREADS",
+                                            "CUDA_VISIBLE_DEVICES") if k in os.environ},
+    }
+
+
+def command_line():
+    """The exact command that started this process."""
+    argv = getattr(sys, "orig_argv", None) or [sys.executable] + sys.argv
+    return " ".join(shlex.quote(a) for a in argv)
