@@ -137,20 +137,21 @@ class CpuSelect {
   // window (a plain first pass) when it would keep over an eighth of the
   // entries (heavy ties) or the tensor is small.
   Window guess_window() const {
-    constexpr int64_t kPerItem = 16;
     if (n_total_ < (int64_t(1) << 18)) {
       return {};
     }
+    // about one entry in 64, at least 2^14 (a narrow window needs a large
+    // sample) and at most 2^18 (sorting it stays cheap)
+    const int64_t target = std::clamp<int64_t>(n_total_ / 64, int64_t(1) << 14, int64_t(1) << 18);
+    const int64_t step = std::max<int64_t>(1, n_total_ / target);
     std::vector<int64_t> digits;
-    digits.reserve(items_.size() * kPerItem);
+    digits.reserve(target + items_.size());
     int64_t sampled = 0;
     const mask_t one = one_;
     for (const Item& it : items_) {
-      const int64_t len = it.end - it.begin;
-      const int64_t step = std::max<int64_t>(1, len / kPerItem);
+      const mask_t* alive = alive_[it.job];
       for (int64_t i = it.begin; i < it.end; i += step) {
         ++sampled;
-        const mask_t* alive = alive_[it.job];
         if (alive == nullptr || alive[i] == one) {
           digits.push_back(static_cast<int64_t>(Traits::key(raw_[it.job][i]) >> Plan::kFirstShift));
         }
@@ -161,11 +162,11 @@ class CpuSelect {
       return {};
     }
     std::sort(digits.begin(), digits.end());
-    // expected rank of the k-th key within the sample, and a margin of
-    // about 6 standard deviations of a sampled quantile
+    // expected rank of the k-th key within the sample, and a margin of at
+    // least 6 standard deviations of a sampled quantile (sd <= sqrt(m) / 2)
     const double alive_estimate = static_cast<double>(m) / sampled * n_total_;
     const double at = std::min<double>(m - 1, static_cast<double>(k_) / alive_estimate * m);
-    const double margin = 6.0 * std::sqrt(static_cast<double>(m)) + 16.0;
+    const double margin = 3.0 * std::sqrt(static_cast<double>(m)) + 16.0;
     const auto lo_at = static_cast<int64_t>(std::max(0.0, at - margin));
     const auto hi_at = static_cast<int64_t>(std::min<double>(m - 1, at + margin));
     Window w{true, digits[lo_at], digits[hi_at]};
@@ -175,26 +176,6 @@ class CpuSelect {
       return {};
     }
     return w;
-  }
-
-  // Calls f(key) for every alive key of item `idx` (uncompacted).
-  template <typename F>
-  void for_each_key(int64_t idx, F&& f) const {
-    const Item& it = items_[idx];
-    const key_t* raw = raw_[it.job];
-    const mask_t* alive = alive_[it.job];
-    const mask_t one = one_;
-    if (alive == nullptr) {
-      for (int64_t i = it.begin; i < it.end; ++i) {
-        f(Traits::key(raw[i]));
-      }
-    } else {
-      for (int64_t i = it.begin; i < it.end; ++i) {
-        if (alive[i] == one) {
-          f(Traits::key(raw[i]));
-        }
-      }
-    }
   }
 
   // Histogram of digit (key >> shift) & (2^bits - 1) over the alive keys
@@ -327,14 +308,20 @@ class CpuSelect {
   // per-item candidate lists (item order = flat order, kept for the ties).
   void compact(int shift, key_t prefix) {
     cands_.assign(items_.size(), {});
+    const mask_t one = one_;
     at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
       for (int64_t idx = b; idx < e; ++idx) {
+        const Item& it = items_[idx];
+        const key_t* raw = raw_[it.job];
+        const mask_t* alive = alive_[it.job];
         auto& c = cands_[idx];
-        for_each_key(idx, [&](key_t key) {
-          if (static_cast<key_t>(key >> shift) == prefix) {
+        for (int64_t i = it.begin; i < it.end; ++i) {
+          const key_t key = Traits::key(raw[i]);
+          // one rarely-true condition, not a branch on the (random) mask
+          if ((static_cast<key_t>(key >> shift) == prefix) & (alive == nullptr || alive[i] == one)) {
             c.push_back(key);
           }
-        });
+        }
       }
     });
     compacted_ = true;
@@ -420,7 +407,12 @@ class CpuSelect {
   template <bool kInclusive>
   void write_item(int64_t idx, key_t threshold) {
     const Item& it = items_[idx];
-    const auto [raw, alive, prev, out] = pointers(it.job);
+    const auto [raw_p, alive_p, prev_p, out_p] = pointers(it.job);
+    // distinct buffers (the output is fresh): lets the loops vectorise
+    const key_t* __restrict__ raw = raw_p;
+    const mask_t* __restrict__ alive = alive_p;
+    const mask_t* __restrict__ prev = prev_p;
+    mask_t* __restrict__ out = out_p;
     const mask_t one = one_, zero = 0;
     auto below = [&](int64_t i) {
       const key_t key = Traits::key(raw[i]);
@@ -436,7 +428,7 @@ class CpuSelect {
       }
     } else {
       for (int64_t i = it.begin; i < it.end; ++i) {
-        out[i] = (below(i) && alive[i] == one) ? zero : prev[i];
+        out[i] = (below(i) & (alive[i] == one)) ? zero : prev[i];
       }
     }
   }
