@@ -1,0 +1,361 @@
+// CUDA implementation of pruneext::l1_mask and pruneext::l1_mask_global.
+//
+// Radix select on the magnitude key with the digits of RadixPlan, over every
+// tensor of the list at once (never a concatenation), then one mask-writing
+// pass. The tensors reach the kernels as descriptors: one tensor in the
+// kernel arguments, a list as an array copied to the device once per call
+// (pinned, async). Per call, all on the current stream:
+//
+//   fill      the workspace (select state + histograms) is zeroed
+//   [sample]  32/64-bit keys, at least 256 tiles: first-digit histogram of
+//             every S-th tile (S <= 32), then a one-block kernel predicts a
+//             range of first-digit buckets holding the k-th key
+//   per digit a histogram pass (block-local shared-memory bins merged into
+//             global bins with atomics) and a one-block select kernel that
+//             narrows the prefix kept in the device state. The first full
+//             pass also copies the keys of the predicted range out to a
+//             candidate buffer; if the true bucket is in the range, the later
+//             digits read only the candidates. If not (or without sampling),
+//             the next full pass copies the chosen bucket out once it fits the
+//             buffer. 16-bit keys finish in one 15-bit pass (128 KB of bins);
+//             fp32 takes 3 digits (12/11/8 bits), fp64 6 (12/11/11/11/11/7).
+//   ties      per-tile counts of keys == T, and a one-block scan that finds
+//             the tile where the selected ties run out (both return at once
+//             unless only some of the keys == T are selected)
+//   mask      one pass writing the result; the one tile that holds the split
+//             of the ties ranks them with a block scan
+//
+// Host syncs: none, except one at the end when among_alive filters by a
+// default mask (the count of prunable entries is then only known on the
+// device, and an impossible k must raise).
+//
+// Only c10/cuda headers: ATen/cuda/CUDAContext.h pulls in cuSPARSE/cuBLAS
+// headers that a bare toolkit may lack. c10::cuda::getCurrentCUDAStream is
+// what at::cuda::getCurrentCUDAStream names.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "../l1_mask_common.h"
+#include "l1_mask_kernels.cuh"
+
+namespace pruneext {
+namespace {
+
+using cuda::DevState;
+using cuda::TensorDesc;
+using cuda::TileConfig;
+using cuda::ull;
+
+// Sampling pays off only where a full pass is worth saving.
+constexpr int64_t kSampleMinTiles = 256;
+constexpr int64_t kSampleMaxStride = 32;
+// The candidate buffer holds this fraction of the entries (plus a little).
+constexpr int64_t kCandDivisor = 8;
+constexpr int64_t kCandExtra = 4096;
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+int device_attribute(cudaDeviceAttr attr) {
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, c10::cuda::current_device()));
+  return value;
+}
+
+// Blocks for a grid-stride kernel: one full wave of resident blocks, no more
+// than there is work, at least one.
+template <typename Kernel>
+int64_t wave_blocks(Kernel kernel, int block, size_t smem, int64_t work) {
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block, smem));
+  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount);
+  const int64_t wave = std::max<int64_t>(1, per_sm) * sms;
+  return std::max<int64_t>(1, std::min(wave, work));
+}
+
+template <typename Traits>
+class CudaSelect {
+  using key_t = typename Traits::key_t;
+  using Plan = RadixPlan<Traits>;
+  using Cfg = TileConfig<key_t>;
+  static constexpr int kTile = Cfg::kTile;
+  static constexpr bool kMultiPass = Plan::kFirstShift > 0;
+
+  struct Digit {
+    int shift;
+    int bits;
+    int64_t hist_offset;  // in 64-bit words of the workspace
+  };
+
+ public:
+  explicit CudaSelect(MaskProblem& p) : p_(p), stream_(c10::cuda::getCurrentCUDAStream()) {}
+
+  void run() {
+    const auto device = p_.jobs[0].scores.device();
+    std::vector<TensorDesc> descs;
+    descs.reserve(p_.jobs.size());
+    bool any_prev = false;
+    for (auto& job : p_.jobs) {
+      TensorDesc d;
+      d.scores = job.scores.data_ptr();
+      d.prev = job.prev.defined() ? job.prev.data_ptr() : nullptr;
+      d.out = job.out.data_ptr();
+      d.numel = job.scores.numel();
+      d.tile_begin = total_tiles_;
+      total_tiles_ += ceil_div(d.numel, kTile);
+      n_total_ += d.numel;
+      any_prev = any_prev || job.prev.defined();
+      descs.push_back(d);
+    }
+    // Without a filtering default mask every entry can be pruned: check k
+    // here and never sync. Otherwise the device counts them (one sync).
+    const bool device_alive = p_.among_alive && any_prev;
+    if (!device_alive || n_total_ == 0) {
+      TORCH_CHECK(
+          p_.k <= n_total_, "l1_mask: k=", p_.k, " exceeds the ", n_total_,
+          " entries that can be pruned");
+    }
+    if (n_total_ == 0) {
+      return;
+    }
+    TORCH_CHECK(descs.size() <= static_cast<size_t>(INT32_MAX), "l1_mask_global: too many tensors");
+    descs_.n = static_cast<int>(descs.size());
+    descs_.one = descs[0];
+    descs_.list = nullptr;
+    const auto byte_opts = at::TensorOptions().dtype(at::kByte).device(device);
+    if (descs_.n > 1) {
+      // The list goes to the device once per call (pinned, async; the
+      // caching host allocator keeps the buffer until the copy is done).
+      const int64_t desc_bytes = static_cast<int64_t>(descs.size() * sizeof(TensorDesc));
+      auto host_descs =
+          at::empty({desc_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+      std::memcpy(host_descs.data_ptr(), descs.data(), static_cast<size_t>(desc_bytes));
+      descs_t_ = at::empty({desc_bytes}, byte_opts);
+      descs_t_.copy_(host_descs, /*non_blocking=*/true);
+      descs_.list = reinterpret_cast<const TensorDesc*>(descs_t_.data_ptr());
+    }
+
+    mask_width_ = static_cast<int>(c10::elementSize(p_.mask_dtype));
+    one_bits_ = mask_one_bits(p_.mask_dtype);
+
+    if (p_.k == 0) {
+      launch_mask(nullptr, /*select_none=*/true);
+      return;
+    }
+
+    // Digits and workspace layout: [state][sample hist][hist of each digit].
+    std::vector<Digit> digits;
+    int64_t words = cuda::kStateWords;
+    const bool sample = kMultiPass && total_tiles_ >= kSampleMinTiles;
+    int64_t sample_offset = 0;
+    if (sample) {
+      sample_offset = words;
+      words += int64_t(1) << Plan::kFirstDigitBits;
+    }
+    {
+      int shift = Plan::kFirstShift;
+      int bits = Plan::kFirstDigitBits;
+      while (true) {
+        digits.push_back({shift, bits, words});
+        words += int64_t(1) << bits;
+        if (shift == 0) {
+          break;
+        }
+        bits = std::min(Plan::kDigitBits, shift);
+        shift -= bits;
+      }
+    }
+    auto ws = at::zeros({words}, at::TensorOptions().dtype(at::kLong).device(device));
+    auto* ws_words = reinterpret_cast<ull*>(ws.data_ptr());
+    auto* st = reinterpret_cast<DevState*>(ws_words);
+
+    at::Tensor cands;
+    if (kMultiPass) {
+      capacity_ = std::min(n_total_, n_total_ / kCandDivisor + kCandExtra);
+      cands = at::empty({capacity_ * static_cast<int64_t>(sizeof(key_t))}, byte_opts);
+    }
+    void* cand_ptr = kMultiPass ? cands.data_ptr() : nullptr;
+
+    const ull k = static_cast<ull>(p_.k);
+    if (sample) {
+      const int64_t stride = std::clamp<int64_t>(total_tiles_ / 64, 1, kSampleMaxStride);
+      launch_hist(
+          st, ws_words + sample_offset, nullptr, ceil_div(total_tiles_, stride), stride,
+          Plan::kFirstShift, Plan::kFirstDigitBits, /*filter=*/false, /*sample=*/true);
+      cuda::select_sample_kernel<<<1, cuda::kSelectBlock, 0, stream_>>>(
+          st, ws_words + sample_offset, Plan::kFirstDigitBits, Plan::kFirstShift, k,
+          static_cast<ull>(n_total_), static_cast<ull>(capacity_));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    for (size_t i = 0; i < digits.size(); ++i) {
+      const Digit& dg = digits[i];
+      const bool first = i == 0;
+      launch_hist(
+          st, ws_words + dg.hist_offset, cand_ptr, total_tiles_, 1, dg.shift, dg.bits,
+          /*filter=*/!first, /*sample=*/false);
+      // Copying the bucket out during the next pass pays only if a pass
+      // after that one reads the copy.
+      const bool compact_useful = i + 2 < digits.size();
+      cuda::select_digit_kernel<<<1, cuda::kSelectBlock, 0, stream_>>>(
+          st, ws_words + dg.hist_offset, dg.bits, dg.shift, first, k,
+          static_cast<ull>(capacity_), compact_useful);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+
+    // Ties: both kernels return at once unless the keys == T are split.
+    auto tile_eq = at::empty({total_tiles_}, at::TensorOptions().dtype(at::kInt).device(device));
+    auto* tile_eq_ptr = reinterpret_cast<unsigned*>(tile_eq.data_ptr());
+    {
+      auto kernel = cuda::eq_count_kernel<Traits>;
+      const int64_t grid = wave_blocks(kernel, Cfg::kMaskBlock, 0, total_tiles_);
+      kernel<<<static_cast<unsigned>(grid), Cfg::kMaskBlock, 0, stream_>>>(
+          descs_, total_tiles_, st, p_.among_alive, mask_width_, one_bits_, tile_eq_ptr);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      cuda::split_find_kernel<<<1, cuda::kSelectBlock, 0, stream_>>>(st, tile_eq_ptr, total_tiles_);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+
+    launch_mask(st, /*select_none=*/false);
+
+    if (device_alive) {
+      // The one host sync: the count of prunable entries.
+      constexpr int64_t kAliveWord = offsetof(DevState, alive) / sizeof(ull);
+      const int64_t alive = ws[kAliveWord].item<int64_t>();
+      TORCH_CHECK(
+          p_.k <= alive, "l1_mask: k=", p_.k, " exceeds the ", alive,
+          " entries that can be pruned");
+    }
+  }
+
+ private:
+  void launch_hist(
+      DevState* st, ull* hist, void* cands, int64_t tiles_visit, int64_t stride, int shift,
+      int bits, bool filter, bool sample) {
+    auto kernel = cuda::hist_kernel<Traits>;
+    constexpr int kBlock = Cfg::kHistBlock;
+    const size_t bins_bytes = (size_t(1) << bits) * sizeof(unsigned);
+    size_t smem = bins_bytes;
+    if (bins_bytes > 48 * 1024) {
+      // 16-bit keys: 2^15 bins need 128 KB; opt in, else count in global memory.
+      cudaFuncAttributes attr;
+      C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+      const auto optin = static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
+      if (bins_bytes + attr.sharedSizeBytes <= optin) {
+        C10_CUDA_CHECK(cudaFuncSetAttribute(
+            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bins_bytes)));
+      } else {
+        smem = 0;
+      }
+    }
+    cuda::HistArgs a;
+    a.descs = descs_;
+    a.tiles_visit = tiles_visit;
+    a.tile_stride = stride;
+    a.shift = shift;
+    a.bits = bits;
+    a.filter = filter;
+    a.sample = sample;
+    a.shared_hist = smem != 0;
+    a.among_alive = p_.among_alive;
+    a.mask_width = mask_width_;
+    a.one_bits = one_bits_;
+    a.st = st;
+    a.hist = hist;
+    a.cands = cands;
+    a.capacity = capacity_;
+    int64_t grid = wave_blocks(kernel, kBlock, smem, tiles_visit);
+    // Block-local counts are 32-bit: keep every block under 2^31 elements.
+    const int64_t max_tiles_per_block = (int64_t(1) << 31) / kTile;
+    grid = std::max(grid, ceil_div(tiles_visit, max_tiles_per_block));
+    if (kMultiPass) {
+      grid = std::max(grid, ceil_div(capacity_, (int64_t(1) << 31) - kBlock));
+    }
+    TORCH_CHECK(grid <= INT32_MAX, "l1_mask: problem too large for one grid");
+    kernel<<<static_cast<unsigned>(grid), kBlock, smem, stream_>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  void launch_mask(const DevState* st, bool select_none) {
+    cuda::MaskArgs a;
+    a.descs = descs_;
+    a.total_tiles = total_tiles_;
+    a.st = st;
+    a.among_alive = p_.among_alive;
+    a.select_none = select_none;
+    a.one_bits = one_bits_;
+    // Masks are read and written as unsigned words of their width (see
+    // mask_one_bits): 4 instantiations per score type, not 6.
+    PRUNEEXT_DISPATCH_MASK_BITS(p_.mask_dtype, "l1_mask", [&] {
+      auto kernel = cuda::mask_kernel<Traits, mask_bits_t>;
+      const int64_t grid = wave_blocks(kernel, Cfg::kMaskBlock, 0, total_tiles_);
+      kernel<<<static_cast<unsigned>(grid), Cfg::kMaskBlock, 0, stream_>>>(a);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+
+  MaskProblem& p_;
+  cudaStream_t stream_;
+  at::Tensor descs_t_;
+  cuda::Descs descs_{};
+  int64_t total_tiles_ = 0;
+  int64_t n_total_ = 0;
+  int64_t capacity_ = 0;
+  int mask_width_ = 0;
+  uint64_t one_bits_ = 0;
+};
+
+void run_cuda(MaskProblem& p) {
+  if (p.jobs.empty()) {
+    return;
+  }
+  PRUNEEXT_DISPATCH_SCORES(p.score_dtype, "l1_mask", [&] {
+    using Traits = typename KeyOf<scalar_t>::type;
+    CudaSelect<Traits>(p).run();
+  });
+}
+
+at::Tensor l1_mask_cuda(
+    const at::Tensor& scores,
+    int64_t k,
+    const std::optional<at::Tensor>& default_mask,
+    bool among_alive) {
+  // prepare_problem first: it checks that every tensor is on one device, so
+  // a CPU tensor mixed in raises its message rather than the guard's.
+  auto p = prepare_problem({scores}, {default_mask}, k, among_alive, "l1_mask");
+  const c10::cuda::CUDAGuard guard(p.jobs[0].scores.device());
+  run_cuda(p);
+  return finish_problem(p)[0];
+}
+
+std::vector<at::Tensor> l1_mask_global_cuda(
+    at::TensorList scores,
+    int64_t k,
+    const c10::List<std::optional<at::Tensor>>& default_masks,
+    bool among_alive) {
+  auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, "l1_mask_global");
+  c10::cuda::OptionalCUDAGuard guard;
+  if (!p.jobs.empty()) {
+    guard.set_device(p.jobs[0].scores.device());
+  }
+  run_cuda(p);
+  return finish_problem(p);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pruneext, CUDA, m) {
+  m.impl("l1_mask", &l1_mask_cuda);
+  m.impl("l1_mask_global", &l1_mask_global_cuda);
+}
+
+}  // namespace pruneext
