@@ -81,7 +81,7 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     if not methods._is_l1_unstructured(method):
         return _global_by_concatenation(parameters, method, scores, masks)
 
-    alive = sum(s.numel() if m is None else int((m == 1).sum()) for s, m in zip(scores, masks))
+    alive = sum(s.numel() if m is None else ops.count_alive(m) for s, m in zip(scores, masks))
     k = checked_k(method.amount, alive)
     new_masks = ops.l1_mask_global(scores, k, masks, among_alive=True)
 

@@ -188,7 +188,7 @@ class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
         if _is_l1_unstructured(method):
             # The new method only sees the entries the mask left at 1, and a
             # float amount is a fraction of those.
-            alive = int((default_mask == 1).sum())
+            alive = ops.count_alive(default_mask)
             k = checked_k(method.amount, alive)
             mask = ops.l1_mask(t, k, default_mask=default_mask, among_alive=True)
             return mask.to(dtype=t.dtype)  # torch's container answers in t's dtype

@@ -29,6 +29,13 @@ def l1_mask(scores, k, default_mask=None, among_alive=False):
     return backend.l1_mask(scores, int(k), default_mask, bool(among_alive))
 
 
+def count_alive(mask):
+    """Entries of `mask` equal to 1: what iterative and global pruning may
+    still prune. (count_nonzero of the comparison: several times faster on
+    CPU than summing it.)"""
+    return int(torch.count_nonzero(mask == 1))
+
+
 def _common_dtype(tensors):
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
 

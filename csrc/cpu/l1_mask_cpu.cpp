@@ -130,6 +130,7 @@ class CpuSelect {
     bool collect = false;
     int64_t lo = 0;
     int64_t hi = -1;
+    double fraction = 0;  // of the alive entries, as sampled
   };
 
   // Evenly spaced sample of the alive first digits: the k-th key's digit is
@@ -140,43 +141,43 @@ class CpuSelect {
     if (n_total_ < (int64_t(1) << 18)) {
       return {};
     }
-    // about one entry in 64, at least 2^14 (a narrow window needs a large
-    // sample) and at most 2^18 (sorting it stays cheap)
-    const int64_t target = std::clamp<int64_t>(n_total_ / 64, int64_t(1) << 14, int64_t(1) << 18);
+    // about one entry in 64, between 2^14 (a narrow window needs a large
+    // sample) and 2^15 (strided reads are cache misses)
+    const int64_t target = std::clamp<int64_t>(n_total_ / 64, int64_t(1) << 14, int64_t(1) << 15);
     const int64_t step = std::max<int64_t>(1, n_total_ / target);
-    std::vector<int64_t> digits;
-    digits.reserve(target + items_.size());
+    std::vector<int64_t> hist(int64_t(1) << Plan::kFirstDigitBits, 0);
     int64_t sampled = 0;
+    int64_t m = 0;
     const mask_t one = one_;
     for (const Item& it : items_) {
       const mask_t* alive = alive_[it.job];
       for (int64_t i = it.begin; i < it.end; i += step) {
         ++sampled;
         if (alive == nullptr || alive[i] == one) {
-          digits.push_back(static_cast<int64_t>(Traits::key(raw_[it.job][i]) >> Plan::kFirstShift));
+          ++hist[Traits::key(raw_[it.job][i]) >> Plan::kFirstShift];
+          ++m;
         }
       }
     }
-    const int64_t m = static_cast<int64_t>(digits.size());
     if (m < 1024) {
       return {};
     }
-    std::sort(digits.begin(), digits.end());
     // expected rank of the k-th key within the sample, and a margin of at
     // least 6 standard deviations of a sampled quantile (sd <= sqrt(m) / 2)
     const double alive_estimate = static_cast<double>(m) / sampled * n_total_;
     const double at = std::min<double>(m - 1, static_cast<double>(k_) / alive_estimate * m);
     const double margin = 3.0 * std::sqrt(static_cast<double>(m)) + 16.0;
-    const auto lo_at = static_cast<int64_t>(std::max(0.0, at - margin));
-    const auto hi_at = static_cast<int64_t>(std::min<double>(m - 1, at + margin));
-    Window w{true, digits[lo_at], digits[hi_at]};
-    const auto kept = std::upper_bound(digits.begin(), digits.end(), w.hi) -
-        std::lower_bound(digits.begin(), digits.end(), w.lo);
+    const auto lo_rank = static_cast<int64_t>(std::max(0.0, at - margin)) + 1;  // 1-based
+    const auto hi_rank = static_cast<int64_t>(std::min<double>(m - 1, at + margin)) + 1;
+    const Bucket lo = find_bucket(hist, lo_rank);
+    const Bucket hi = find_bucket(hist, hi_rank);
+    const int64_t kept = hi.below + hist[hi.index] - lo.below;
     if (kept * 8 > m) {
       return {};
     }
-    return w;
+    return Window{true, lo.index, hi.index, static_cast<double>(kept) / m};
   }
+
 
   // Histogram of digit (key >> shift) & (2^bits - 1) over the alive keys
   // whose higher bits equal `prefix`. Compacted lists drop the other keys as
@@ -261,6 +262,14 @@ class CpuSelect {
       pending += it.end - it.begin;
       const key_t* raw = raw_[it.job];
       const mask_t* alive = alive_[it.job];
+      // the window in locals: one unsigned compare, nothing reloaded
+      const uint64_t win_lo = static_cast<uint64_t>(window_.lo);
+      const uint64_t win_span = static_cast<uint64_t>(window_.hi - window_.lo);
+      std::vector<key_t>* cands = nullptr;
+      if constexpr (kCollect) {
+        cands = &cands_[idx];
+        cands->reserve(static_cast<size_t>(1.5 * window_.fraction * (it.end - it.begin)) + 16);
+      }
       auto run = [&](auto filtered) {
         constexpr bool kFiltered = decltype(filtered)::value;
         auto count = [&](uint32_t* sh, int64_t i) {
@@ -270,14 +279,13 @@ class CpuSelect {
             take = static_cast<key_t>(key >> high) == prefix;
           }
           if constexpr (kFiltered) {
-            take = take && alive[i] == one;
+            take = take & (alive[i] == one);  // no branch on a random mask
           }
           const auto digit = (key >> shift) & digit_mask;
           sh[digit] += take;
           if constexpr (kCollect) {
-            const auto d = static_cast<int64_t>(digit);
-            if (take && d >= window_.lo && d <= window_.hi) {
-              cands_[idx].push_back(key);
+            if (take & (static_cast<uint64_t>(digit) - win_lo <= win_span)) {
+              cands->push_back(key);
             }
           }
         };
@@ -413,22 +421,25 @@ class CpuSelect {
     const mask_t* __restrict__ alive = alive_p;
     const mask_t* __restrict__ prev = prev_p;
     mask_t* __restrict__ out = out_p;
-    const mask_t one = one_, zero = 0;
+    const mask_t one = one_;
     auto below = [&](int64_t i) {
       const key_t key = Traits::key(raw[i]);
       return kInclusive ? key <= threshold : key < threshold;
     };
+    // out = selected ? 0 : value, as value & (selected - 1): arithmetic
+    // the compiler vectorises (0 is all-zero bits in every mask dtype)
+    auto keep = [](bool selected) { return static_cast<mask_t>(static_cast<mask_t>(selected) - 1); };
     if (prev == nullptr) {
       for (int64_t i = it.begin; i < it.end; ++i) {
-        out[i] = below(i) ? zero : one;
+        out[i] = one & keep(below(i));
       }
     } else if (alive == nullptr) {
       for (int64_t i = it.begin; i < it.end; ++i) {
-        out[i] = below(i) ? zero : prev[i];
+        out[i] = prev[i] & keep(below(i));
       }
     } else {
       for (int64_t i = it.begin; i < it.end; ++i) {
-        out[i] = (below(i) & (alive[i] == one)) ? zero : prev[i];
+        out[i] = prev[i] & keep(below(i) & (alive[i] == one));
       }
     }
   }
