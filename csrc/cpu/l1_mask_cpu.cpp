@@ -14,10 +14,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -227,6 +223,37 @@ class CpuSelect {
     }
   }
 
+  // Appends keys to a candidate list without a branch per key: each key is
+  // stored past the end, and the end moves only over the kept ones.
+  struct Appender {
+    std::vector<key_t>* list = nullptr;
+    key_t* buf = nullptr;
+    size_t n = 0;
+    size_t cap = 0;
+
+    void start(std::vector<key_t>* l, size_t capacity) {
+      list = l;
+      n = 0;
+      cap = capacity;
+      list->resize(cap);
+      buf = list->data();
+    }
+    void reserve_more(size_t more) {
+      if (n + more > cap) {
+        cap = 2 * cap + more;
+        list->resize(cap);
+        buf = list->data();
+      }
+    }
+    void push(key_t key, bool keep) {
+      buf[n] = key;
+      n += keep;
+    }
+    void finish() {
+      list->resize(n);
+    }
+  };
+
   // The full-read histogram, the hot loop of the kernel. Consecutive equal
   // digits would serialise on one counter (store-to-load forwarding), so the
   // counts go round-robin into kCopies 32-bit sub-histograms (one for the
@@ -265,10 +292,9 @@ class CpuSelect {
       // the window in locals: one unsigned compare, nothing reloaded
       const uint64_t win_lo = static_cast<uint64_t>(window_.lo);
       const uint64_t win_span = static_cast<uint64_t>(window_.hi - window_.lo);
-      std::vector<key_t>* cands = nullptr;
+      Appender cands;
       if constexpr (kCollect) {
-        cands = &cands_[idx];
-        cands->reserve(static_cast<size_t>(1.5 * window_.fraction * (it.end - it.begin)) + 16);
+        cands.start(&cands_[idx], static_cast<size_t>(1.5 * window_.fraction * (it.end - it.begin)) + 16);
       }
       auto run = [&](auto filtered) {
         constexpr bool kFiltered = decltype(filtered)::value;
@@ -284,15 +310,16 @@ class CpuSelect {
           const auto digit = (key >> shift) & digit_mask;
           sh[digit] += take;
           if constexpr (kCollect) {
-            if (take & (static_cast<uint64_t>(digit) - win_lo <= win_span)) {
-              cands->push_back(key);
-            }
+            cands.push(key, take & (static_cast<uint64_t>(digit) - win_lo <= win_span));
           }
         };
         int64_t i = it.begin;
         if (copies == 4) {
           uint32_t* s0 = sub.data();
           for (; i + 4 <= it.end; i += 4) {
+            if constexpr (kCollect) {
+              cands.reserve_more(4);
+            }
             count(s0, i);
             count(s0 + nbins, i + 1);
             count(s0 + 2 * nbins, i + 2);
@@ -300,6 +327,9 @@ class CpuSelect {
           }
         }
         for (; i < it.end; ++i) {
+          if constexpr (kCollect) {
+            cands.reserve_more(1);
+          }
           count(sub.data(), i);
         }
       };
@@ -307,6 +337,9 @@ class CpuSelect {
         run(std::false_type{});
       } else {
         run(std::true_type{});
+      }
+      if constexpr (kCollect) {
+        cands.finish();
       }
     }
     fold();
@@ -473,31 +506,9 @@ class CpuSelect {
   Window window_;
 };
 
-// Ask Linux for transparent huge pages on a large fresh output before it is
-// first written: otherwise a page fault every 4 KiB costs about as much as
-// the whole select (where THP is "madvise", the common default). Advice
-// only; harmless where refused.
-void advise_huge_pages(const at::Tensor& out) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr());
-  const uintptr_t end = begin + out.nbytes();
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = end & ~(kHuge - 1);
-  if (last > first) {
-    madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-  }
-#else
-  (void)out;
-#endif
-}
-
 void run_cpu(MaskProblem& p) {
   if (p.jobs.empty()) {
     return;
-  }
-  for (const auto& job : p.jobs) {
-    advise_huge_pages(job.out);
   }
   PRUNEEXT_DISPATCH_SCORES(p.score_dtype, "l1_mask", [&] {
     using Traits = typename KeyOf<scalar_t>::type;
