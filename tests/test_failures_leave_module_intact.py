@@ -45,7 +45,18 @@ BAD_CALLS = {
     "bad_backend": lambda m: prune.use_backend("nope").__enter__(),
     "structured_bad_dim": lambda m: prune.ln_structured(m, "weight", 0.5, n=2, dim=4),
     "global_too_large": lambda m: prune.global_unstructured([(m, "weight"), (m, "bias")], prune.L1Unstructured, amount=999),
+    "non_tensor_scores": lambda m: prune.l1_unstructured(m, "weight", 0.5, importance_scores=[[1.0] * 5] * 4),
+    "bool_scores": lambda m: prune.l1_unstructured(m, "weight", 0.5, importance_scores=torch.ones(4, 5, dtype=torch.bool)),
+    "explicit_backend_wrong_device": lambda m: _with_backend("cuda", lambda: prune.l1_unstructured(m, "weight", 0.5)),
+    "global_mixed_devices": lambda m: prune.global_unstructured(
+        [(m, "weight"), (torch.nn.Linear(2, 2, device="meta"), "weight")], prune.L1Unstructured, amount=0.5
+    ),
 }
+
+
+def _with_backend(name, fn):
+    with prune.use_backend(name):
+        fn()
 
 
 @pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "already_pruned"])
