@@ -147,6 +147,31 @@ inline std::vector<std::optional<at::Tensor>> to_vector(
   return v;
 }
 
+// A backend's two operator entry points around its `Run(MaskProblem&)`:
+// checks and allocation, the kernels, the final dtypes.
+template <void (*Run)(MaskProblem&)>
+struct MaskOps {
+  static at::Tensor l1_mask(
+      const at::Tensor& scores,
+      int64_t k,
+      const std::optional<at::Tensor>& default_mask,
+      bool among_alive) {
+    auto p = prepare_problem({scores}, {default_mask}, k, among_alive, "l1_mask");
+    Run(p);
+    return finish_problem(p)[0];
+  }
+
+  static std::vector<at::Tensor> l1_mask_global(
+      at::TensorList scores,
+      int64_t k,
+      const c10::List<std::optional<at::Tensor>>& default_masks,
+      bool among_alive) {
+    auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, "l1_mask_global");
+    Run(p);
+    return finish_problem(p);
+  }
+};
+
 // The bit pattern of 1 in each mask dtype. 1 has a single representation
 // in each, so kernels may treat masks as unsigned integers of the same
 // width: "alive" is bits == one, and writing 0 or 1 never converts floats.
@@ -175,21 +200,8 @@ inline uint64_t mask_one_bits(at::ScalarType t) {
     }                                                                            \
   }()
 
-// Dispatch over the four score types and six mask types the kernels handle.
+// Dispatch over the four score types the kernels handle.
 #define PRUNEEXT_DISPATCH_SCORES(TYPE, NAME, ...)                              \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
-#define PRUNEEXT_DISPATCH_MASKS(TYPE, NAME, ...)                                 \
-  [&] {                                                                          \
-    switch (TYPE) {                                                              \
-      case at::kFloat: { using mask_t = float; return __VA_ARGS__(); }           \
-      case at::kDouble: { using mask_t = double; return __VA_ARGS__(); }         \
-      case at::kHalf: { using mask_t = c10::Half; return __VA_ARGS__(); }        \
-      case at::kBFloat16: { using mask_t = c10::BFloat16; return __VA_ARGS__(); }\
-      case at::kBool: { using mask_t = bool; return __VA_ARGS__(); }             \
-      case at::kByte: { using mask_t = uint8_t; return __VA_ARGS__(); }          \
-      default: TORCH_CHECK_TYPE(false, NAME, ": unsupported mask dtype ", TYPE);  \
-    }                                                                            \
-  }()
 
 }  // namespace pruneext

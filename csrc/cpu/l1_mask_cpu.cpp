@@ -518,31 +518,11 @@ void run_cpu(MaskProblem& p) {
   });
 }
 
-at::Tensor l1_mask_cpu(
-    const at::Tensor& scores,
-    int64_t k,
-    const std::optional<at::Tensor>& default_mask,
-    bool among_alive) {
-  auto p = prepare_problem({scores}, {default_mask}, k, among_alive, "l1_mask");
-  run_cpu(p);
-  return finish_problem(p)[0];
-}
-
-std::vector<at::Tensor> l1_mask_global_cpu(
-    at::TensorList scores,
-    int64_t k,
-    const c10::List<std::optional<at::Tensor>>& default_masks,
-    bool among_alive) {
-  auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, "l1_mask_global");
-  run_cpu(p);
-  return finish_problem(p);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pruneext, CPU, m) {
-  m.impl("l1_mask", &l1_mask_cpu);
-  m.impl("l1_mask_global", &l1_mask_global_cpu);
+  m.impl("l1_mask", &MaskOps<run_cpu>::l1_mask);
+  m.impl("l1_mask_global", &MaskOps<run_cpu>::l1_mask_global);
 }
 
 }  // namespace pruneext

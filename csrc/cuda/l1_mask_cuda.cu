@@ -318,44 +318,20 @@ void run_cuda(MaskProblem& p) {
   if (p.jobs.empty()) {
     return;
   }
+  // After prepare_problem: it checks that every tensor is on one device, so
+  // a CPU tensor mixed in raises its message rather than the guard's.
+  const c10::cuda::CUDAGuard guard(p.jobs[0].scores.device());
   PRUNEEXT_DISPATCH_SCORES(p.score_dtype, "l1_mask", [&] {
     using Traits = typename KeyOf<scalar_t>::type;
     CudaSelect<Traits>(p).run();
   });
 }
 
-at::Tensor l1_mask_cuda(
-    const at::Tensor& scores,
-    int64_t k,
-    const std::optional<at::Tensor>& default_mask,
-    bool among_alive) {
-  // prepare_problem first: it checks that every tensor is on one device, so
-  // a CPU tensor mixed in raises its message rather than the guard's.
-  auto p = prepare_problem({scores}, {default_mask}, k, among_alive, "l1_mask");
-  const c10::cuda::CUDAGuard guard(p.jobs[0].scores.device());
-  run_cuda(p);
-  return finish_problem(p)[0];
-}
-
-std::vector<at::Tensor> l1_mask_global_cuda(
-    at::TensorList scores,
-    int64_t k,
-    const c10::List<std::optional<at::Tensor>>& default_masks,
-    bool among_alive) {
-  auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, "l1_mask_global");
-  c10::cuda::OptionalCUDAGuard guard;
-  if (!p.jobs.empty()) {
-    guard.set_device(p.jobs[0].scores.device());
-  }
-  run_cuda(p);
-  return finish_problem(p);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pruneext, CUDA, m) {
-  m.impl("l1_mask", &l1_mask_cuda);
-  m.impl("l1_mask_global", &l1_mask_global_cuda);
+  m.impl("l1_mask", &MaskOps<run_cuda>::l1_mask);
+  m.impl("l1_mask_global", &MaskOps<run_cuda>::l1_mask_global);
 }
 
 }  // namespace pruneext
