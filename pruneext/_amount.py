@@ -37,4 +37,6 @@ def checked_k(amount, tensor_size):
     """k for `amount` of `tensor_size` entries, validated as torch does."""
     k = nparams_to_prune(amount, tensor_size)
     validate_amount(k, tensor_size)
+    if k is True:  # an Integral that torch.topk refuses (False prunes nothing)
+        raise TypeError("topk(): argument 'k' must be int, not bool")
     return int(k)

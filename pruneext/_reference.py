@@ -74,8 +74,16 @@ def _check_mask(scores, default_mask):
         )
 
 
+def _meta_result(scores, default_mask):
+    # meta tensors have no values: only the result's shape and dtype exist
+    dtype = scores.dtype if default_mask is None else default_mask.dtype
+    return torch.empty(scores.shape, dtype=dtype, device="meta")
+
+
 def l1_mask(scores, k, default_mask=None, among_alive=False):
     _check_mask(scores, default_mask)
+    if scores.is_meta:
+        return _meta_result(scores, default_mask)
     selected = _select(magnitude_key(scores), k, _alive(default_mask, among_alive))
     return _apply(selected, scores, default_mask)
 
@@ -89,6 +97,8 @@ def l1_mask_global(scores, k, default_masks, among_alive=False):
         return []
     for s, m in zip(scores, default_masks):
         _check_mask(s, m)
+    if scores[0].is_meta:
+        return [_meta_result(s, m) for s, m in zip(scores, default_masks)]
     key = torch.cat([magnitude_key(s) for s in scores])
     alive = None
     if among_alive and any(m is not None for m in default_masks):
@@ -105,7 +115,7 @@ def l1_mask_global(scores, k, default_masks, among_alive=False):
 backends.register(
     backends.Backend(
         name="torch",
-        devices=("cpu", "cuda", "mps", "xpu"),
+        devices=("cpu", "cuda", "mps", "xpu", "meta"),
         l1_mask=l1_mask,
         l1_mask_global=l1_mask_global,
         score_dtypes=None,

@@ -58,18 +58,12 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     if not isinstance(importance_scores, dict):
         raise TypeError("global_unstructured(): importance_scores must be of type dict")
     if not parameters:
-        raise RuntimeError("global_unstructured(): parameters is empty")
+        # torch's error (from torch.cat of nothing), with its type
+        raise ValueError("global_unstructured(): parameters is empty (torch.cat(): expected a non-empty list of Tensors)")
 
     scores = [importance_scores.get((module, name), getattr(module, name)) for module, name in parameters]
     masks = [getattr(module, name + "_mask", None) for module, name in parameters]
     _check_one_device(scores + [m for m in masks if m is not None])
-    for (module, name), s in zip(parameters, scores):
-        param = getattr(module, name)
-        if s.shape != param.shape:
-            raise AssertionError(
-                f"importance_scores should have the same shape as parameter "
-                f"{name} of {module}, got {s.shape} vs {param.shape}"
-            )
 
     method = pruning_method(**kwargs)
     method._tensor_name = "temp"
@@ -78,6 +72,13 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
             'Only "unstructured" PRUNING_TYPE supported for '
             f"the `pruning_method`. Found method {pruning_method} of type {method.PRUNING_TYPE}"
         )
+    for (module, name), s in zip(parameters, scores):
+        param = methods.check_prunable(module, name)
+        if s.shape != param.shape:
+            raise AssertionError(
+                f"importance_scores should have the same shape as parameter "
+                f"{name} of {module}, got {s.shape} vs {param.shape}"
+            )
     if not methods._is_l1_unstructured(method):
         return _global_by_concatenation(parameters, method, scores, masks)
 
@@ -86,16 +87,21 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
     new_masks = ops.l1_mask_global(scores, k, masks, among_alive=True)
 
     # Every check is done and every mask computed: now change the modules.
-    plans = []
+    done = set()
     for (module, name), mask in zip(parameters, new_masks):
         param = getattr(module, name)
         mask = mask.to(device=param.device, dtype=param.dtype)
         # The hook holds the very buffer, not a slice of a flat copy.
         method = methods.CustomFromMask(mask)
         method._tensor_name = name
-        plans.append((methods._PrunePlan(module, name, method), mask))
-    for plan, mask in plans:
-        plan.commit(mask)
+        plan = methods._PrunePlan(module, name, method)
+        if (id(module), name) in done:
+            # listed again: combine with the mask this call already set, as torch does
+            plan.compute()
+            plan.commit()
+        else:
+            plan.commit(mask)
+        done.add((id(module), name))
 
 
 def _check_one_device(tensors):

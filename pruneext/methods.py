@@ -25,12 +25,36 @@ from . import ops
 from ._amount import checked_k
 
 
-def _pruning_hooks(module, name):
-    return [
+def _single_pruning_hook(module, name):
+    """(key, hook) of the pruning hook of `name`, or None; torch's error if
+    there are several."""
+    hooks = [
         (key, hook)
         for key, hook in module._forward_pre_hooks.items()
         if isinstance(hook, _torch_prune.BasePruningMethod) and hook._tensor_name == name
     ]
+    if len(hooks) > 1:
+        raise AssertionError(
+            f"Avoid adding multiple pruning hooks to the "
+            f"same tensor {name} of module {module}. Use a PruningContainer."
+        )
+    return hooks[0] if hooks else None
+
+
+def check_prunable(module, name):
+    """Raise what pruning `name` of `module` would raise before any mask is
+    computed: an unknown name, several hooks, or (first pruning) no Parameter."""
+    orig = getattr(module, name)
+    if _single_pruning_hook(module, name) is None:
+        if orig is None:
+            raise TypeError(f"cannot prune {name!r} of {module}: it is None, not a Parameter")
+        if not isinstance(orig, torch.nn.Parameter):
+            # what register_parameter would raise, before any work
+            raise TypeError(
+                f"cannot assign '{torch.typename(orig)}' object to parameter "
+                f"'{name}_orig' (torch.nn.Parameter or None required)"
+            )
+    return orig
 
 
 class BasePruningMethod(_torch_prune.BasePruningMethod):
@@ -38,6 +62,7 @@ class BasePruningMethod(_torch_prune.BasePruningMethod):
 
     @classmethod
     def apply(cls, module, name, *args, importance_scores=None, **kwargs):
+        _single_pruning_hook(module, name)  # torch checks this first
         method = cls(*args, **kwargs)
         method._tensor_name = name
         plan = _PrunePlan(module, name, method)
@@ -86,16 +111,11 @@ class _PrunePlan:
     changes the module, so a failure leaves the module untouched."""
 
     def __init__(self, module, name, method):
-        hooks = _pruning_hooks(module, name)
-        if len(hooks) > 1:
-            raise AssertionError(
-                f"Avoid adding multiple pruning hooks to the "
-                f"same tensor {name} of module {module}. Use a PruningContainer."
-            )
+        hook = _single_pruning_hook(module, name)
         self.module, self.name = module, name
-        self.old_key = hooks[0][0] if hooks else None
-        if hooks:
-            method = PruningContainer.extending(hooks[0][1], method)
+        self.old_key = hook[0] if hook else None
+        if hook:
+            method = PruningContainer.extending(hook[1], method)
         self.method = method
         self.mask = None
 
@@ -104,7 +124,7 @@ class _PrunePlan:
         return self.old_key is None
 
     def compute(self, importance_scores=None):
-        orig = getattr(self.module, self.name)
+        orig = check_prunable(self.module, self.name)
         if importance_scores is not None:
             if importance_scores.shape != orig.shape:
                 raise AssertionError(
@@ -114,42 +134,42 @@ class _PrunePlan:
         else:
             importance_scores = orig
         if self.first_time:
-            if orig is None:
-                raise TypeError(f"cannot prune {self.name!r} of {self.module}: it is None, not a Parameter")
-            if not isinstance(orig, torch.nn.Parameter):
-                # what register_parameter would raise, before any work
-                raise TypeError(
-                    f"cannot assign '{torch.typename(orig)}' object to parameter "
-                    f"'{self.name}_orig' (torch.nn.Parameter or None required)"
-                )
             self.mask = self.method.first_mask(importance_scores, orig)
         else:
             current = getattr(self.module, self.name + "_mask").detach()
             self.mask = self.method.compute_mask(importance_scores, default_mask=current)
 
     def commit(self, mask=None):
+        """Install the mask, the pruned attribute and the hook. On failure,
+        the module's parameter and buffer dicts (their order too) and the
+        attribute are put back as they were."""
         module, name = self.module, self.name
         mask = self.mask if mask is None else mask
-        if self.first_time:
-            orig = getattr(module, name)
-            module.register_parameter(name + "_orig", orig)
-            del module._parameters[name]
-        old_mask = module._buffers.get(name + "_mask")
+        saved_parameters = dict(module._parameters)
+        saved_buffers = dict(module._buffers)
+        saved_attribute = module.__dict__.get(name, _MISSING)
         try:
+            if self.first_time:
+                orig = getattr(module, name)
+                module.register_parameter(name + "_orig", orig)
+                del module._parameters[name]
             module.register_buffer(name + "_mask", mask)
             setattr(module, name, self.method.apply_mask(module))
         except Exception:
-            if self.first_time:
-                module._buffers.pop(name + "_mask", None)
-                if name in module.__dict__:
-                    delattr(module, name)
-                module.register_parameter(name, module._parameters.pop(name + "_orig"))
-            else:
-                module.register_buffer(name + "_mask", old_mask)
+            module._parameters.clear()
+            module._parameters.update(saved_parameters)
+            module._buffers.clear()
+            module._buffers.update(saved_buffers)
+            module.__dict__.pop(name, None)
+            if saved_attribute is not _MISSING:
+                module.__dict__[name] = saved_attribute
             raise
         if self.old_key is not None:
             del module._forward_pre_hooks[self.old_key]
         module.register_forward_pre_hook(self.method)
+
+
+_MISSING = object()
 
 
 def _is_l1_unstructured(method):
@@ -167,9 +187,10 @@ class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
 
     def __init__(self, *args):
         # torch's __init__ cannot take several methods (it compares against a
-        # _tensor_name it has not set yet); name the container after the first.
+        # _tensor_name it has not set yet); name the container after the
+        # first, which (as in torch) must have one.
         self._pruning_methods = ()
-        if args and isinstance(args[0], _torch_prune.BasePruningMethod):
+        if args:
             self._tensor_name = args[0]._tensor_name
         for method in args:
             self.add_pruning_method(method)
@@ -203,6 +224,8 @@ class L1Unstructured(BasePruningMethod, _torch_prune.L1Unstructured):
         return ops.l1_mask(t, k, default_mask=default_mask)
 
     def first_mask(self, t, like):
+        if not _is_l1_unstructured(self):  # a subclass with its own rule
+            return super().first_mask(t, like)
         k = checked_k(self.amount, t.nelement())
         return ops.l1_mask(t, k).to(device=like.device, dtype=like.dtype)
 

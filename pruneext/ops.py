@@ -19,10 +19,20 @@ import torch
 from . import backends
 
 
+def _check_tensor(t, what):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+
+
 def l1_mask(scores, k, default_mask=None, among_alive=False):
+    _check_tensor(scores, "scores")
     scores = scores.detach()
     if default_mask is not None:
+        _check_tensor(default_mask, "default_mask")
         default_mask = default_mask.detach()
+        if default_mask.shape != scores.shape and default_mask.numel() == scores.numel():
+            # torch ranks t.view(-1) into a clone of the mask: the mask's shape wins
+            scores = scores.reshape(default_mask.shape)
     backend = backends.resolve(
         scores.device, scores.dtype, None if default_mask is None else default_mask.dtype
     )
@@ -41,6 +51,8 @@ def _common_dtype(tensors):
 
 
 def l1_mask_global(scores, k, default_masks=None, among_alive=False):
+    for s in scores:
+        _check_tensor(s, "scores")
     scores = [s.detach() for s in scores]
     masks = [None if m is None else m.detach() for m in (default_masks or [None] * len(scores))]
     if len(masks) != len(scores):

@@ -95,3 +95,32 @@ def test_pruning_a_missing_bias_is_refused():
     with pytest.raises(TypeError, match="None"):
         prune.l1_unstructured(model, "bias", 0.5)
     assert_unchanged(before, snapshot(model))
+
+
+class _WrongShapeMask(prune.BasePruningMethod):
+    PRUNING_TYPE = "global"
+
+    def compute_mask(self, t, default_mask):
+        return torch.ones(3)  # fails when applied to the weight
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["fresh", "already_pruned"])
+def test_failure_while_installing_keeps_order_and_state(fresh):
+    model = torch.nn.Linear(5, 4) if fresh else pruned_once()
+    if not fresh:
+        prune.l1_unstructured(model, "bias", 0.5)
+    before = snapshot(model)
+    order = (list(model._parameters), list(model._buffers))
+    with pytest.raises(RuntimeError):
+        _WrongShapeMask.apply(model, "weight")
+    assert_unchanged(before, snapshot(model))
+    assert (list(model._parameters), list(model._buffers)) == order
+
+
+def test_global_with_a_non_parameter_changes_no_module():
+    a, bn = torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4)
+    before_a, before_bn = snapshot(a), snapshot(bn)
+    with pytest.raises(TypeError):
+        prune.global_unstructured([(a, "weight"), (bn, "running_mean")], prune.L1Unstructured, amount=0.5)
+    assert_unchanged(before_a, snapshot(a))
+    assert_unchanged(before_bn, snapshot(bn))

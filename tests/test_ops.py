@@ -151,7 +151,16 @@ def test_k_too_large_raises(backend_device):
 def test_shape_mismatch_raises(backend_device):
     _, device = backend_device
     with pytest.raises(RuntimeError, match="does not match"):
-        ops.l1_mask(torch.randn(4, 3, device=device), 2, default_mask=torch.ones(3, 4, device=device))
+        ops.l1_mask(torch.randn(4, 3, device=device), 2, default_mask=torch.ones(3, 5, device=device))
+
+
+def test_same_numel_mask_of_another_shape_is_torchs_view(backend_device):
+    # torch ranks t.view(-1) and zeroes entries of a clone of the mask
+    _, device = backend_device
+    x = torch.arange(12.0, device=device).reshape(4, 3) - 5.5
+    got = ops.l1_mask(x, 4, default_mask=torch.ones(3, 4, device=device))
+    assert got.shape == (3, 4)
+    assert torch.equal(got.cpu().reshape(-1), oracle([x.reshape(-1)], 4)[0])
 
 
 LARGE_BACKENDS = [b for b in ("cpu", "cuda") if b in pruneext.available_backends()]

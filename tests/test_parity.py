@@ -254,3 +254,49 @@ def test_state_dict_moves_between_libraries():
     theirs.load_state_dict(ours.state_dict())
     assert torch.equal(theirs[3].weight_mask, ours[3].weight_mask)
     assert torch.equal(theirs(torch.ones(1, 3, 6, 6)), ours(torch.ones(1, 3, 6, 6)))
+
+
+def test_global_with_a_parameter_listed_twice_matches_torch():
+    ours, theirs = twin_models()
+    pa = [(ours[3], "weight"), (ours[3], "weight"), (ours[0], "weight")]
+    pb = [(theirs[3], "weight"), (theirs[3], "weight"), (theirs[0], "weight")]
+    prune.global_unstructured(pa, prune.L1Unstructured, amount=0.3)
+    torch_prune.global_unstructured(pb, torch_prune.L1Unstructured, amount=0.3)
+    assert_same_state(ours, theirs)
+
+
+def test_subclass_overriding_compute_mask_is_obeyed_on_first_prune():
+    class KeepAll(prune.L1Unstructured):
+        def compute_mask(self, t, default_mask):
+            return default_mask.clone()
+
+    model = torch.nn.Linear(6, 5)
+    KeepAll.apply(model, "weight", amount=0.5)
+    assert int((model.weight_mask == 0).sum()) == 0
+
+
+@pytest.mark.parametrize("amount", [True, False])
+def test_bool_amounts_behave_as_torch(amount):
+    outcomes = []
+    for lib in (prune, torch_prune):
+        model = torch.nn.Linear(6, 5)
+        try:
+            lib.l1_unstructured(model, "weight", amount)
+            outcomes.append(int((model.weight_mask == 0).sum()))
+        except Exception as e:
+            outcomes.append((type(e), str(e)))
+    assert outcomes[0] == outcomes[1]
+
+
+def test_meta_modules_prune_like_torch():
+    ours, theirs = torch.nn.Linear(6, 5, device="meta"), torch.nn.Linear(6, 5, device="meta")
+    prune.l1_unstructured(ours, "weight", 0.3)
+    torch_prune.l1_unstructured(theirs, "weight", 0.3)
+    assert ours.weight_mask.shape == theirs.weight_mask.shape and ours.weight_mask.is_meta
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+
+
+def test_global_of_nothing_raises_torchs_type():
+    for lib in (prune, torch_prune):
+        with pytest.raises(ValueError, match="non-empty"):
+            lib.global_unstructured([], lib.L1Unstructured, amount=0.5)
