@@ -62,28 +62,19 @@ static_assert(sizeof(DevState) <= kStateWords * sizeof(int64_t), "DevState too l
 // Per key width: elements per tile and block shapes. The histogram kernel
 // covers a tile in one round (BLOCK x ITEMS); the tie-count and mask kernels
 // in kTile / (kMaskBlock * kMaskItems) rounds.
+// 32- and 64-bit keys; 16-bit keys (one 15-bit pass) below.
 template <typename key_t>
-struct TileConfig;
+struct TileConfig {
+  static constexpr int kTile = 4096;
+  static constexpr int kHistBlock = 256;
+  static constexpr int kHistItems = 16;
+  static constexpr int kMaskBlock = 256;
+  static constexpr int kMaskItems = 8;
+};
 template <>
 struct TileConfig<uint16_t> {
   static constexpr int kTile = 16384;
   static constexpr int kHistBlock = 1024;  // one block per SM with 128 KB of bins
-  static constexpr int kHistItems = 16;
-  static constexpr int kMaskBlock = 256;
-  static constexpr int kMaskItems = 8;
-};
-template <>
-struct TileConfig<uint32_t> {
-  static constexpr int kTile = 4096;
-  static constexpr int kHistBlock = 256;
-  static constexpr int kHistItems = 16;
-  static constexpr int kMaskBlock = 256;
-  static constexpr int kMaskItems = 8;
-};
-template <>
-struct TileConfig<uint64_t> {
-  static constexpr int kTile = 4096;
-  static constexpr int kHistBlock = 256;
   static constexpr int kHistItems = 16;
   static constexpr int kMaskBlock = 256;
   static constexpr int kMaskItems = 8;
