@@ -194,7 +194,7 @@ def test_class_apply_and_prune_methods():
     ours, theirs = twin_models()
     method_a = prune.L1Unstructured.apply(ours[3], "weight", amount=0.5)
     method_b = torch_prune.L1Unstructured.apply(theirs[3], "weight", amount=0.5)
-    assert isinstance(method_a, torch_prune.L1Unstructured)
+    assert isinstance(method_a, torch_prune.L1Unstructured) and type(method_a).__name__ == type(method_b).__name__
     assert_same_state(ours, theirs)
     t = distinct_magnitudes(4, 5, seed=2)
     assert torch.equal(prune.L1Unstructured(0.5).prune(t), torch_prune.L1Unstructured(0.5).prune(t))

@@ -8,7 +8,6 @@ lowest flat index), identical across backends."""
 import math
 
 import hypothesis.strategies as st
-import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
 from hypothesis import HealthCheck, given, settings
