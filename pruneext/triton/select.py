@@ -42,7 +42,11 @@ def _launch(kernel, grid, *args, tracing=False, **meta):
     """Launch through wrap_triton (traceable by torch.compile / make_fx).
     Interpreted kernels cannot be traced: under fake tensors (fake
     propagation of the op) they are skipped, as only shapes matter there."""
-    if tracing and INTERPRET:
+    if INTERPRET:
+        # torch <= 2.11's wrap_triton refuses InterpretedFunctions; they are
+        # never traced anyway, so launch them directly.
+        if not tracing:
+            kernel[grid](*args, num_warps=NUM_WARPS, **meta)
         return
     wrap_triton(kernel)[grid](*args, num_warps=NUM_WARPS, **meta)
 

@@ -1,0 +1,132 @@
+"""Compile every Triton kernel specialisation pruneext launches for a GPU
+target, without a GPU, and report each one's registers, spills and shared
+memory.
+
+The interpreter tests (TRITON_INTERPRET=1) run the kernels' arithmetic on
+CPU tensors, but never through Triton's GPU compiler: a kernel can pass them
+and still fail to compile, or spill, on the H100. This script drives the
+real host code (pruneext/triton/select.py) on small CPU tensors with the
+launches recorded instead of run, then compiles each distinct launch
+(kernel, argument types, constexprs, num_warps) for the target with
+triton.compile, which needs no driver. Integer arguments are compiled as
+Triton types them at run time, and once more widened to int64, as a tensor
+of more than 2^31 entries launches them.
+
+    python scripts/triton_aot_check.py [--arch 90]
+
+Exits 1 if a specialisation fails to compile, or if a kernel that runs a
+program per block of entries spills (select_bucket_kernel runs one program
+over the histogram, and Triton 3.6 gives it an 8-byte stack frame).
+"""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)  # real JITFunctions, not interpreted ones
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from pruneext.triton import select  # noqa: E402
+from pruneext.triton.keys import KEY_PLANS, MASK_BITS  # noqa: E402
+
+ONE_PROGRAM = {"select_bucket_kernel"}  # spills there cost nothing measurable
+POINTER = {torch.int64: "*i64", torch.int32: "*i32", torch.int16: "*i16", torch.uint8: "*u8"}
+
+
+def record_launches():
+    """Every distinct launch of the ops over each score dtype and each kind
+    of default mask, as (kernel, argument types, constexprs, num_warps)."""
+    launches = {}
+
+    def record(kernel, grid, *args, tracing=False, **meta):
+        types = tuple(arg_type(a) for a in args)
+        key = (kernel.fn.__name__, types, tuple(sorted(meta.items())))
+        launches[key] = (kernel, types, dict(meta, num_warps=select.NUM_WARPS))
+
+    select._launch, real = record, select._launch
+    try:
+        for dtype in KEY_PLANS:
+            cases = [(None, False)] + [(m, a) for m in MASK_BITS for a in (False, True)]
+            for mask_dtype, among_alive in cases:
+                scores = [torch.randn(300, dtype=torch.float32).to(dtype), torch.randn(7, 5).to(dtype)]
+                masks = [None if mask_dtype is None else torch.ones_like(s, dtype=mask_dtype) for s in scores]
+                for k in (0, 100):
+                    try:
+                        select.l1_masks(scores, k, masks, among_alive)
+                    except RuntimeError as e:  # nothing ran, so the device-side alive count is 0
+                        if "exceeds" not in str(e):
+                            raise
+    finally:
+        select._launch = real
+    return list(launches.values())
+
+
+def arg_type(a):
+    if isinstance(a, torch.Tensor):
+        return POINTER[a.dtype]
+    if isinstance(a, bool):
+        return "i1"
+    if isinstance(a, int):  # Triton's own rule for a Python int
+        return "i32" if -(2**31) <= a < 2**31 else "i64"
+    raise TypeError(f"unexpected kernel argument {a!r}")
+
+
+def compile_one(kernel, types, meta, arch):
+    """Compile one specialisation; returns the cubin."""
+    names = kernel.arg_names
+    signature = dict(zip(names, types))
+    constexprs = {}
+    for name, value in meta.items():
+        if name in names:
+            signature[name] = "constexpr"
+            constexprs[(names.index(name),)] = value
+    signature = {n: signature[n] for n in names}
+    src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": meta["num_warps"]})
+    return compiled.asm["cubin"]
+
+
+def resource_usage(cubin):
+    """REG / STACK / SHARED / LOCAL of the kernel, read with cuobjdump
+    (Triton ships one)."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for sm_90")
+    args = parser.parse_args()
+    launches = record_launches()
+    failures = 0
+    print(f"triton {triton.__version__}, torch {torch.__version__}, sm_{args.arch}: {len(launches)} launches")
+    for kernel, types, meta in launches:
+        widened = tuple("i64" if t == "i32" else t for t in types)
+        for variant in dict.fromkeys((types, widened)):
+            label = f"{kernel.fn.__name__}({', '.join(variant)}) {meta}"
+            try:
+                usage = resource_usage(compile_one(kernel, variant, meta, args.arch))
+            except Exception as e:  # report them all, then fail
+                failures += 1
+                print(f"FAIL {label}: {type(e).__name__}: {e}")
+                continue
+            spills = usage.get("LOCAL", 0) + usage.get("STACK", 0)
+            fatal = spills > 0 and kernel.fn.__name__ not in ONE_PROGRAM
+            failures += fatal
+            print(f"{'SPILL' if fatal else 'stack' if spills else 'ok   '} {usage} {label}")
+    print(f"{failures} failed" if failures else "all compiled, no spills in the per-block kernels")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
