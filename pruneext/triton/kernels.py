@@ -11,6 +11,7 @@ sync:
                      (finally r: how many keys == T to select)
     state[2] BELOW   keys below the current bucket (finally count(key < T))
     state[3] TOTAL   alive keys in all, after the first pass
+    state[4] IN_BIN  keys in the current bucket (finally count(key == T))
 
 (The kernels spell these indices as literals: Inductor re-emits the source
 of user kernels, and plain literals need no module globals.)
@@ -25,7 +26,8 @@ import triton.language as tl
 
 from .keys import magnitude_key
 
-PREFIX, RANK, BELOW, TOTAL = 0, 1, 2, 3  # for the host
+PREFIX, RANK, BELOW, TOTAL, IN_BIN = 0, 1, 2, 3, 4  # for the host
+STATE_SIZE = 5
 
 
 @triton.jit
@@ -67,7 +69,8 @@ def select_bucket_kernel(
 ):
     """One program: the bucket of the histogram that holds the rank-th
     smallest key; appends its digit to state[PREFIX] and narrows RANK/BELOW.
-    The FIRST pass starts from rank k, saturated at the alive total (the
+    IN_BIN is that bucket's count: after the last pass, the keys equal to
+    the threshold T. The FIRST pass starts from rank k, saturated at the alive total (the
     host raises on k > total where it can sync; a traced graph cannot, and
     then every alive entry is selected)."""
     NBINS: tl.constexpr = 1 << DIGIT_BITS
@@ -88,6 +91,7 @@ def select_bucket_kernel(
     # First bin whose inclusive cumulative count reaches rank (bin 0 for rank 0).
     bucket = tl.zeros([], tl.int64)
     below = tl.zeros([], tl.int64)
+    in_bin = tl.zeros([], tl.int64)
     found = tl.zeros([], tl.int32)
     cum = tl.zeros([], tl.int64)
     for start in range(0, NBINS, CHUNK):
@@ -98,11 +102,13 @@ def select_bucket_kernel(
         here = first < CHUNK
         bucket = tl.where(here, start + first, bucket)
         below = tl.where(here, tl.sum(tl.where(lanes == first, inclusive - h, 0), axis=0), below)
+        in_bin = tl.where(here, tl.sum(tl.where(lanes == first, h, 0), axis=0), in_bin)
         found = found | here.to(tl.int32)
         cum += tl.sum(h, axis=0)
     tl.store(state_ptr + 0, (prefix << DIGIT_BITS) | bucket)
     tl.store(state_ptr + 1, rank - below)
     tl.store(state_ptr + 2, below_bucket + below)
+    tl.store(state_ptr + 4, in_bin)  # IN_BIN
 
 
 @triton.jit
@@ -111,16 +117,21 @@ def count_ties_kernel(
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
     ONE: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """counts[count_base + block] = alive keys of the block equal to T."""
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    in_range = offs < n
-    key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
-    alive = in_range
-    if FILTER:
-        alive = alive & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
-    ties = alive & (key == tl.load(state_ptr + 0))  # PREFIX
-    tl.store(counts_ptr + count_base + pid, tl.sum(ties.to(tl.int64), axis=0))
+    """counts[count_base + block] = alive keys of the block equal to T, when
+    the cut splits those keys (RANK < IN_BIN). Otherwise every key == T is
+    selected (or none, for RANK == 0) whatever its place, the counts stay
+    zero, and the scores are not read: with tie-free data, the common case,
+    this pass costs a launch."""
+    if tl.load(state_ptr + 1) < tl.load(state_ptr + 4):  # RANK < IN_BIN
+        pid = tl.program_id(0).to(tl.int64)
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+        in_range = offs < n
+        key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+        alive = in_range
+        if FILTER:
+            alive = alive & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+        ties = alive & (key == tl.load(state_ptr + 0))  # PREFIX
+        tl.store(counts_ptr + count_base + pid, tl.sum(ties.to(tl.int64), axis=0))
 
 
 @triton.jit
@@ -132,7 +143,9 @@ def write_mask_kernel(
 ):
     """out = 0 where selected, else the previous mask (or OUT_ONE). Selected:
     alive and key < T, or key == T among the first r such keys in flat
-    order (ties_before = exclusive scan of count_ties_kernel's counts)."""
+    order (ties_before = exclusive scan of count_ties_kernel's counts; all
+    zero when every key == T is selected, and then each block's own ranks
+    are below r)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < n

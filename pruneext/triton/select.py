@@ -6,12 +6,13 @@ P = len(KeyPlan.digits) radix passes (fp32: 3, fp16/bf16: 1, fp64: 6):
 
     for each pass:   histogram_kernel per tensor (one shared histogram),
                      then select_bucket_kernel (one program)
-    count_ties_kernel per tensor   (keys == T per block, one shared buffer)
+    count_ties_kernel per tensor   (keys == T per block, one shared buffer;
+                                    reads nothing unless the cut splits them)
     torch.cumsum                   (exclusive scan of those counts, int64)
     write_mask_kernel per tensor   (the mask, ties in flat / list order)
 
 k == 0 skips straight to the write. The scores are never concatenated:
-the temporaries are the histograms (a few thousand int64), a 4-entry state
+the temporaries are the histograms (a few thousand int64), a 5-entry state
 and one int64 per block. There is no host sync, except to refuse
 k > the alive count when that count lives on the device (among_alive with a
 default mask): then one `.item()` after everything is launched, and only in
@@ -135,7 +136,7 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
         if k > total:
             raise RuntimeError(f"{op}: k={k} exceeds the {total} entries that can be pruned")
 
-    state = torch.zeros(4, dtype=torch.int64, device=device)
+    state = torch.zeros(kernels.STATE_SIZE, dtype=torch.int64, device=device)
     counts = torch.zeros(max(blocks, 1), dtype=torch.int64, device=device)
     if k > 0 and live:
         bases, nbins = [], 0
