@@ -32,15 +32,19 @@ STATE_SIZE = 5
 
 @triton.jit
 def histogram_kernel(
-    bits_ptr, prev_ptr, n, hist_ptr, hist_base, state_ptr,
+    bits_ptr, prev_ptr, n, hist_ptr, hist_base, replica_stride, state_ptr,
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
     ONE: tl.constexpr, FILTER: tl.constexpr,
     SHIFT: tl.constexpr, DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, REPLICAS: tl.constexpr,
 ):
-    """hist[hist_base + d] += number of alive keys of this block whose digit
-    (key >> SHIFT) & (2^DIGIT_BITS - 1) is d, among the keys whose higher
-    bits equal state[PREFIX] (all keys in the FIRST pass)."""
+    """hist[replica][hist_base + d] += number of alive keys of this block
+    whose digit (key >> SHIFT) & (2^DIGIT_BITS - 1) is d, among the keys
+    whose higher bits equal state[PREFIX] (all keys in the FIRST pass).
+
+    Block b counts into replica b % REPLICAS (replica_stride entries apart):
+    magnitudes crowd into few bins, and the copies spread those bins' atomics
+    over more addresses. select_bucket_kernel adds the replicas up."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < n
     key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
@@ -53,7 +57,7 @@ def histogram_kernel(
     # Ties all land in one bin and would serialise on one atomic: add the
     # block's smallest digit (zeros, the common tie) with a single atomic,
     # and the others one by one.
-    hist_ptr += hist_base
+    hist_ptr += hist_base + (tl.program_id(0) % REPLICAS).to(tl.int64) * replica_stride
     low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
     at_low = valid & (digit == low)
     n_low = tl.sum(at_low.to(tl.int64), axis=0)
@@ -62,10 +66,19 @@ def histogram_kernel(
     tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
 
 
+@triton.jit
+def _bins(hist_ptr, replica_stride, start, lanes, REPLICAS: tl.constexpr):
+    """Counts of bins start + lanes, summed over the histogram's replicas."""
+    h = tl.load(hist_ptr + start + lanes)
+    for r in tl.static_range(1, REPLICAS):
+        h += tl.load(hist_ptr + r * replica_stride + start + lanes)
+    return h
+
+
 @triton.jit(do_not_specialize=["k"])
 def select_bucket_kernel(
-    hist_ptr, hist_base, state_ptr, k,
-    DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr, CHUNK: tl.constexpr,
+    hist_ptr, hist_base, replica_stride, state_ptr, k,
+    DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr, CHUNK: tl.constexpr, REPLICAS: tl.constexpr,
 ):
     """One program: the bucket of the histogram that holds the rank-th
     smallest key; appends its digit to state[PREFIX] and narrows RANK/BELOW.
@@ -79,7 +92,7 @@ def select_bucket_kernel(
     if FIRST:
         total = tl.zeros([], tl.int64)
         for start in range(0, NBINS, CHUNK):
-            total += tl.sum(tl.load(hist_ptr + start + lanes), axis=0)
+            total += tl.sum(_bins(hist_ptr, replica_stride, start, lanes, REPLICAS), axis=0)
         tl.store(state_ptr + 3, total)  # TOTAL
         rank = tl.minimum(total, k.to(tl.int64))
         prefix = tl.zeros([], tl.int64)
@@ -95,7 +108,7 @@ def select_bucket_kernel(
     found = tl.zeros([], tl.int32)
     cum = tl.zeros([], tl.int64)
     for start in range(0, NBINS, CHUNK):
-        h = tl.load(hist_ptr + start + lanes)
+        h = _bins(hist_ptr, replica_stride, start, lanes, REPLICAS)
         inclusive = tl.cumsum(h, axis=0) + cum
         hit = (inclusive >= rank) & (found == 0)
         first = tl.min(tl.where(hit, lanes, CHUNK), axis=0)

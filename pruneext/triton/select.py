@@ -12,8 +12,8 @@ P = len(KeyPlan.digits) radix passes (fp32: 3, fp16/bf16: 1, fp64: 6):
     write_mask_kernel per tensor   (the mask, ties in flat / list order)
 
 k == 0 skips straight to the write. The scores are never concatenated:
-the temporaries are the histograms (a few thousand int64), a 5-entry state
-and one int64 per block. There is no host sync, except to refuse
+the temporaries are the histograms (HIST_REPLICAS copies of a few thousand
+int64), a 5-entry state and one int64 per block. There is no host sync, except to refuse
 k > the alive count when that count lives on the device (among_alive with a
 default mask): then one `.item()` after everything is launched, and only in
 eager mode (a traced graph cannot raise; see select_bucket_kernel).
@@ -36,6 +36,10 @@ INTERPRET = not isinstance(kernels.histogram_kernel, triton.runtime.JITFunction)
 HIST_BLOCK = 1 << 16 if INTERPRET else 4096
 MASK_BLOCK = 1 << 16 if INTERPRET else 2048
 NUM_WARPS = 8
+# Copies of the histogram that the blocks' atomics spread over (see
+# histogram_kernel); the interpreter has no contention, and two copies test
+# the sums.
+HIST_REPLICAS = 2 if INTERPRET else 8
 SELECT_CHUNK = 1024  # bins per step of select_bucket_kernel
 
 
@@ -143,18 +147,20 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
         for _, bits in plan.digits:
             bases.append(nbins)
             nbins += 1 << bits
-        hist = torch.zeros(nbins, dtype=torch.int64, device=device)
+        hist = torch.zeros(HIST_REPLICAS * nbins, dtype=torch.int64, device=device)
         for p, (shift, bits) in enumerate(plan.digits):
             for job in live:
                 prev, consts = job.key_args(plan)
                 _launch(
                     kernels.histogram_kernel, (triton.cdiv(job.n, HIST_BLOCK),),
-                    job.bits, prev, job.n, hist, bases[p], state,
-                    SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=HIST_BLOCK, tracing=tracing, **consts,
+                    job.bits, prev, job.n, hist, bases[p], nbins, state,
+                    SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=HIST_BLOCK, REPLICAS=HIST_REPLICAS,
+                    tracing=tracing, **consts,
                 )
             _launch(
-                kernels.select_bucket_kernel, (1,), hist, bases[p], state, k,
-                DIGIT_BITS=bits, FIRST=p == 0, CHUNK=min(SELECT_CHUNK, 1 << bits), tracing=tracing,
+                kernels.select_bucket_kernel, (1,), hist, bases[p], nbins, state, k,
+                DIGIT_BITS=bits, FIRST=p == 0, CHUNK=min(SELECT_CHUNK, 1 << bits), REPLICAS=HIST_REPLICAS,
+                tracing=tracing,
             )
         for job in live:
             prev, consts = job.key_args(plan)
