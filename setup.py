@@ -26,9 +26,10 @@ def find_cuda_home():
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     candidates.append("/usr/local/cuda")
     for home in candidates:
-        if home and os.path.exists(os.path.join(home, "bin", "nvcc")) and (
-            os.path.isdir(os.path.join(home, "lib64")) or os.path.isdir(os.path.join(home, "lib"))
-        ):
+        # A toolkit has the runtime to link against, not just an nvcc (the
+        # wrapper's /usr/local has a lib/ without it).
+        libs = [os.path.join(home, d, "libcudart.so") for d in ("lib64", "lib")] if home else []
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")) and any(map(os.path.exists, libs)):
             return home
     return None
 
