@@ -114,6 +114,13 @@ def test_opcheck(device, dtype):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.parametrize("op", ["l1_mask", "l1_mask_global"])
+def test_ops_are_tagged_cudagraph_unsafe(op):
+    # torch.compile(mode="reduce-overhead") keeps them out of CUDA graphs: the
+    # CUDA kernels refuse a capture of a list or of an alive count.
+    assert torch.Tag.cudagraph_unsafe in getattr(torch.ops.pruneext, op).default.tags
+
+
 @pytest.mark.parametrize("device", NATIVE)
 def test_ops_trace_under_compile(device):
     x = torch.randn(64, 8, device=device)

@@ -360,6 +360,41 @@ def test_busy_default_stream_ordering():
     assert_bit_identical(got, l1_mask(x.cpu(), 2_500_000))
 
 
+def test_graph_capture_single_tensor_replays():
+    # One tensor without an alive count neither syncs nor copies from the
+    # host: a captured call replays on new data.
+    x = torch.randn(1_000_003, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        l1_mask(x, 400_000)  # warm-up outside the capture, as torch asks
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = l1_mask(x, 400_000)
+    new = torch.randn(1_000_003, generator=_gen(23))
+    x.copy_(new)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_bit_identical(out, l1_mask(new, 400_000))
+
+
+@pytest.mark.parametrize("call", ["list", "among_alive"])
+def test_graph_capture_refused_where_unsafe(call):
+    x = torch.randn(10_000, device="cuda")
+    m = (torch.rand(10_000, device="cuda") > 0.5).float()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="CUDA graph capture"):
+        with torch.cuda.graph(graph):
+            if call == "list":
+                l1_mask_global([x, x[:10]], 100, [None, None])
+            else:
+                l1_mask(x, 100, m, True)
+    # the refusal left nothing behind: the op still runs outside a capture
+    assert_bit_identical(l1_mask(x, 100, m, True), l1_mask(x.cpu(), 100, m.cpu(), True))
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_second_device():
     x = torch.randn(100_000, device="cuda:1")

@@ -34,6 +34,7 @@
 // what at::cuda::getCurrentCUDAStream names.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -120,6 +121,14 @@ class CudaSelect {
     // Without a filtering default mask every entry can be pruned: check k
     // here and never sync. Otherwise the device counts them (one sync).
     const bool device_alive = p_.among_alive && any_prev;
+    // A graph would replay the list's descriptor copy from a pinned buffer
+    // freed when this call returns, and cannot sync for the alive count:
+    // refuse the capture rather than record something that replays wrong.
+    TORCH_CHECK(
+        (descs.size() <= 1 && !device_alive) ||
+            c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
+        "l1_mask: a list of several tensors, or among_alive with a default mask, cannot run "
+        "under CUDA graph capture (the ops are tagged cudagraph_unsafe)");
     if (!device_alive || n_total_ == 0) {
       TORCH_CHECK(
           p_.k <= n_total_, "l1_mask: k=", p_.k, " exceeds the ", n_total_,
