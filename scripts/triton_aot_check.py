@@ -19,6 +19,7 @@ program per block of entries spills (select_bucket_kernel runs one program
 over the histogram, and Triton 3.6 gives it an 8-byte stack frame).
 """
 import argparse
+import itertools
 import os
 import re
 import subprocess
@@ -50,8 +51,9 @@ def record_launches():
         launches[key] = (kernel, types, dict(meta, num_warps=select.NUM_WARPS))
 
     select._launch, real = record, select._launch
+    window_min = select.WINDOW_MIN
     try:
-        for dtype in KEY_PLANS:
+        for dtype, select.WINDOW_MIN in itertools.product(KEY_PLANS, (window_min, 0)):  # both paths
             cases = [(None, False)] + [(m, a) for m in MASK_BITS for a in (False, True)]
             for mask_dtype, among_alive in cases:
                 scores = [torch.randn(300, dtype=torch.float32).to(dtype), torch.randn(7, 5).to(dtype)]
@@ -63,7 +65,7 @@ def record_launches():
                         if "exceeds" not in str(e):
                             raise
     finally:
-        select._launch = real
+        select._launch, select.WINDOW_MIN = real, window_min
     return list(launches.values())
 
 

@@ -26,7 +26,9 @@ if "triton" not in backends.available_backends():
         f"triton backend unavailable: {backends.unavailable_backends().get('triton')}", allow_module_level=True
     )
 
+from pruneext.triton import kernels as triton_kernels  # noqa: E402
 from pruneext.triton import select as triton_select  # noqa: E402
+from pruneext.triton import window as triton_window  # noqa: E402
 
 SERVED = backends._registry["triton"].devices
 DEVICES = [d for d in ("cpu", "cuda") if d in SERVED and (d == "cpu" or torch.cuda.is_available())]
@@ -43,9 +45,26 @@ def device(request):
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    """Blocks of a few hundred entries, so small tensors span many blocks."""
+    """Blocks of a few hundred entries, so small tensors span many blocks;
+    lists of 256 entries or more take the sampled window (a sample of 256)."""
     monkeypatch.setattr(triton_select, "HIST_BLOCK", 512)
     monkeypatch.setattr(triton_select, "MASK_BLOCK", 256)
+    monkeypatch.setattr(triton_select, "WINDOW_BLOCK", 256)
+    monkeypatch.setattr(triton_select, "WINDOW_MIN", 256)
+    monkeypatch.setattr(triton_window, "SAMPLE", 256)
+
+
+@pytest.fixture
+def window_outcomes(monkeypatch):
+    """The device's verdict on each sampled window (1: hit), as a list."""
+    outcomes, decide = [], triton_window.decide
+
+    def recording(state, *args):
+        decide(state, *args)
+        outcomes.append(int(state[triton_kernels.HIT]))
+
+    monkeypatch.setattr(triton_window, "decide", recording)
+    return outcomes
 
 
 # ---------------------------------------------------------------- helpers
@@ -187,6 +206,45 @@ def test_heavy_ties_across_blocks_go_by_flat_index(device, dtype):
             expected = torch.ones(n, dtype=dtype)
             expected[order[:k]] = 0
             assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", SCORE_DTYPES, ids=str)
+def test_window_hits_on_spread_data(device, dtype, window_outcomes):
+    # One tensor, a list, and among_alive: the k-th key is among the
+    # candidates, so only the candidates' radix passes run.
+    x = distinct_magnitudes(1000, dtype=dtype, seed=3).to(device)
+    mask = mask_values(1000, torch.bool, seed=4, device=device)
+    alive = int(mask.sum())
+    for k in (1, 300, 500, 999):
+        assert_matches_references([x], k, [None], False, single=True)
+        assert_matches_references([x[:400], x[400:]], k, [None, None], False)
+    for k in (1, alive // 2, alive):
+        assert_matches_references([x], k, [mask], True)
+    assert window_outcomes and all(window_outcomes), window_outcomes
+
+
+def test_window_misses_fall_back(device, monkeypatch, window_outcomes):
+    x = distinct_magnitudes(3000, seed=5).to(device)
+    # a window below every key (no candidates), above every key (all below
+    # it), and the whole range in a buffer too small for it
+    for lo, hi in ((0, 0), (0x7FFFFFFF, 0x7FFFFFFF), (0, 0x7FFFFFFF)):
+        bounds = torch.tensor([lo, hi], device=device)
+        with monkeypatch.context() as m:
+            m.setattr(triton_window, "bounds", lambda *args, b=bounds: b)
+            m.setattr(triton_window, "CAPACITY_SLACK", 0)
+            for k in (1, 1500, 3000):
+                assert_matches_references([x], k, [None], False)
+    assert window_outcomes == [0] * 9
+
+
+def test_window_overflow_of_equal_keys(device, monkeypatch, window_outcomes):
+    # Half the entries share the k-th key: the window is that one key, and
+    # its candidates overflow a buffer of 1/32 of the entries.
+    monkeypatch.setattr(triton_window, "CAPACITY_SLACK", 0)
+    x = torch.cat([torch.zeros(1500), distinct_magnitudes(1500, seed=6)]).to(device)
+    for k in (700, 1500):
+        assert_matches_references([x], k, [None], False)
+    assert window_outcomes == [0, 0]
 
 
 def test_default_block_sizes(device, monkeypatch):

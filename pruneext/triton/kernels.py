@@ -12,6 +12,12 @@ sync:
     state[2] BELOW   keys below the current bucket (finally count(key < T))
     state[3] TOTAL   alive keys in all, after the first pass
     state[4] IN_BIN  keys in the current bucket (finally count(key == T))
+    state[5] HIT     1 when the sampled window holds the k-th key (window.py)
+    state[6] CAND    keys the window pass appended to the candidate buffer
+
+The radix kernels take a GATE: ALWAYS (0) runs them; ON_HIT (1) and ON_MISS
+(2) run them only when state[HIT] is 1, resp. 0, so the candidate passes and
+the passes over all entries can both be launched, and the device picks one.
 
 (The kernels spell these indices as literals: Inductor re-emits the source
 of user kernels, and plain literals need no module globals.)
@@ -26,8 +32,16 @@ import triton.language as tl
 
 from .keys import magnitude_key
 
-PREFIX, RANK, BELOW, TOTAL, IN_BIN = 0, 1, 2, 3, 4  # for the host
-STATE_SIZE = 5
+PREFIX, RANK, BELOW, TOTAL, IN_BIN, HIT, CAND = range(7)  # for the host
+STATE_SIZE = 7
+ALWAYS, ON_HIT, ON_MISS = 0, 1, 2  # GATE
+
+
+@triton.jit
+def _gate_open(state_ptr, GATE: tl.constexpr):
+    """Whether a kernel launched with this GATE runs (see the module doc)."""
+    hit = tl.load(state_ptr + 5)  # HIT
+    return (GATE == 0) | ((hit != 0) == (GATE == 1))
 
 
 @triton.jit
@@ -36,34 +50,41 @@ def histogram_kernel(
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
     ONE: tl.constexpr, FILTER: tl.constexpr,
     SHIFT: tl.constexpr, DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr,
-    BLOCK: tl.constexpr, REPLICAS: tl.constexpr,
+    BLOCK: tl.constexpr, REPLICAS: tl.constexpr, GATE: tl.constexpr, COUNTED: tl.constexpr,
 ):
     """hist[replica][hist_base + d] += number of alive keys of this block
     whose digit (key >> SHIFT) & (2^DIGIT_BITS - 1) is d, among the keys
     whose higher bits equal state[PREFIX] (all keys in the FIRST pass).
+    COUNTED: the keys are the candidate buffer, of state[CAND] keys (at most
+    n, its capacity).
 
     Block b counts into replica b % REPLICAS (replica_stride entries apart):
     magnitudes crowd into few bins, and the copies spread those bins' atomics
     over more addresses. select_bucket_kernel adds the replicas up."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    in_range = offs < n
-    key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
-    valid = in_range
-    if FILTER:
-        valid = valid & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
-    if not FIRST:
-        valid = valid & ((key >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + 0))  # PREFIX
-    digit = ((key >> SHIFT) & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
-    # Ties all land in one bin and would serialise on one atomic: add the
-    # block's smallest digit (zeros, the common tie) with a single atomic,
-    # and the others one by one.
-    hist_ptr += hist_base + (tl.program_id(0) % REPLICAS).to(tl.int64) * replica_stride
-    low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
-    at_low = valid & (digit == low)
-    n_low = tl.sum(at_low.to(tl.int64), axis=0)
-    tl.atomic_add(hist_ptr + low, n_low, mask=n_low > 0, sem="relaxed")
-    rest = valid & (digit != low)
-    tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
+    if _gate_open(state_ptr, GATE):
+        if COUNTED:
+            count = tl.minimum(tl.load(state_ptr + 6), n)  # CAND
+        else:
+            count = n
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        in_range = offs < count
+        key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+        valid = in_range
+        if FILTER:
+            valid = valid & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+        if not FIRST:
+            valid = valid & ((key >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + 0))  # PREFIX
+        digit = ((key >> SHIFT) & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
+        # Ties all land in one bin and would serialise on one atomic: add the
+        # block's smallest digit (zeros, the common tie) with a single atomic,
+        # and the others one by one.
+        hist_ptr += hist_base + (tl.program_id(0) % REPLICAS).to(tl.int64) * replica_stride
+        low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
+        at_low = valid & (digit == low)
+        n_low = tl.sum(at_low.to(tl.int64), axis=0)
+        tl.atomic_add(hist_ptr + low, n_low, mask=n_low > 0, sem="relaxed")
+        rest = valid & (digit != low)
+        tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
 
 
 @triton.jit
@@ -78,18 +99,30 @@ def _bins(hist_ptr, replica_stride, start, lanes, REPLICAS: tl.constexpr):
 @triton.jit(do_not_specialize=["k"])
 def select_bucket_kernel(
     hist_ptr, hist_base, replica_stride, state_ptr, k,
-    DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr, CHUNK: tl.constexpr, REPLICAS: tl.constexpr,
+    DIGIT_BITS: tl.constexpr, FROM_K: tl.constexpr, CHUNK: tl.constexpr, REPLICAS: tl.constexpr,
+    GATE: tl.constexpr,
 ):
     """One program: the bucket of the histogram that holds the rank-th
     smallest key; appends its digit to state[PREFIX] and narrows RANK/BELOW.
     IN_BIN is that bucket's count: after the last pass, the keys equal to
-    the threshold T. The FIRST pass starts from rank k, saturated at the alive total (the
-    host raises on k > total where it can sync; a traced graph cannot, and
-    then every alive entry is selected)."""
+    the threshold T. FROM_K (the first pass over all entries) starts afresh
+    from rank k, saturated at the alive total (the host raises on k > total
+    where it can sync; a traced graph cannot, and then every alive entry is
+    selected); otherwise the pass goes on from the state (the candidates'
+    first pass: from the window pass's rank and count below)."""
+    if _gate_open(state_ptr, GATE):
+        _select_bucket(hist_ptr, hist_base, replica_stride, state_ptr, k, DIGIT_BITS, FROM_K, CHUNK, REPLICAS)
+
+
+@triton.jit
+def _select_bucket(
+    hist_ptr, hist_base, replica_stride, state_ptr, k,
+    DIGIT_BITS: tl.constexpr, FROM_K: tl.constexpr, CHUNK: tl.constexpr, REPLICAS: tl.constexpr,
+):
     NBINS: tl.constexpr = 1 << DIGIT_BITS
     hist_ptr += hist_base
     lanes = tl.arange(0, CHUNK)
-    if FIRST:
+    if FROM_K:
         total = tl.zeros([], tl.int64)
         for start in range(0, NBINS, CHUNK):
             total += tl.sum(_bins(hist_ptr, replica_stride, start, lanes, REPLICAS), axis=0)
@@ -122,6 +155,36 @@ def select_bucket_kernel(
     tl.store(state_ptr + 1, rank - below)
     tl.store(state_ptr + 2, below_bucket + below)
     tl.store(state_ptr + 4, in_bin)  # IN_BIN
+
+
+@triton.jit
+def window_kernel(
+    bits_ptr, prev_ptr, n, window_ptr, cand_ptr, capacity, state_ptr, below_ptr, alive_ptr, count_base,
+    ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The one pass over all entries when a sampled window [lo, hi] =
+    window[0:2] brackets the k-th key: below[count_base + block] = alive
+    keys of the block below lo, alive[...] = alive keys of the block, and
+    the alive keys within [lo, hi] appended to cand (state[CAND] counts them
+    all, stored or not: the first `capacity` are). No histogram, so no
+    atomic per entry: one per block reserves its candidates' places."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < n
+    key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+    alive = in_range
+    if FILTER:
+        alive = alive & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+    lo = tl.load(window_ptr)
+    hi = tl.load(window_ptr + 1)
+    tl.store(below_ptr + count_base + pid, tl.sum((alive & (key < lo)).to(tl.int64), axis=0))
+    tl.store(alive_ptr + count_base + pid, tl.sum(alive.to(tl.int64), axis=0))
+    inside = alive & (key >= lo) & (key <= hi)
+    n_in = tl.sum(inside.to(tl.int64), axis=0)
+    start = tl.atomic_add(state_ptr + 6, n_in, mask=n_in > 0, sem="relaxed")  # CAND
+    place = start + tl.cumsum(inside.to(tl.int32), axis=0).to(tl.int64) - 1
+    tl.store(cand_ptr + place, key.to(cand_ptr.dtype.element_ty), mask=inside & (place < capacity))
 
 
 @triton.jit

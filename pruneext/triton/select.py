@@ -4,8 +4,15 @@ and launches the kernels of kernels.py.
 For a list of tensors (the single-tensor op is a list of one), with
 P = len(KeyPlan.digits) radix passes (fp32: 3, fp16/bf16: 1, fp64: 6):
 
-    for each pass:   histogram_kernel per tensor (one shared histogram),
-                     then select_bucket_kernel (one program)
+    with WINDOW_MIN entries or more (window.py):
+      window.bounds                  (torch ops on a strided sample)
+      window_kernel per tensor       (counts below the window, candidates)
+      window.decide                  (torch ops: state[HIT])
+      the P passes over the candidates        (run on a hit)
+      the P passes over every tensor          (run on a miss)
+    else: the P passes over every tensor, where each pass is
+      histogram_kernel per tensor (one shared histogram),
+      then select_bucket_kernel (one program)
     count_ties_kernel per tensor   (keys == T per block, one shared buffer;
                                     reads nothing unless the cut splits them)
     torch.cumsum                   (exclusive scan of those counts, int64)
@@ -13,7 +20,8 @@ P = len(KeyPlan.digits) radix passes (fp32: 3, fp16/bf16: 1, fp64: 6):
 
 k == 0 skips straight to the write. The scores are never concatenated:
 the temporaries are the histograms (HIST_REPLICAS copies of a few thousand
-int64), a 5-entry state and one int64 per block. There is no host sync, except to refuse
+int64), the candidate buffer (1/32 of the keys), a 7-entry state and a few
+int64 per block. There is no host sync, except to refuse
 k > the alive count when that count lives on the device (among_alive with a
 default mask): then one `.item()` after everything is launched, and only in
 eager mode (a traced graph cannot raise; see select_bucket_kernel).
@@ -23,18 +31,23 @@ import triton
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
-from . import kernels
+from . import kernels, window
 from .keys import KEY_PLANS, MASK_BITS
 
 # TRITON_INTERPRET=1 (read by @triton.jit when kernels.py was imported) makes
 # the kernels InterpretedFunctions: they run on CPU tensors, and cannot be traced.
 INTERPRET = not isinstance(kernels.histogram_kernel, triton.runtime.JITFunction)
-# Elements per program: HIST_BLOCK for the histogram passes, MASK_BLOCK for
-# the tie counts and the mask (one tie count per MASK_BLOCK). The interpreter
+# Elements per program: HIST_BLOCK for the histogram passes, WINDOW_BLOCK for
+# the window pass (one candidate reservation per block), MASK_BLOCK for the
+# tie counts and the mask (one tie count per MASK_BLOCK). The interpreter
 # runs programs one after another, so it gets large blocks (numpy-vectorised);
 # a GPU gets many small ones. (Tests shrink them to cross block boundaries.)
 HIST_BLOCK = 1 << 16 if INTERPRET else 4096
 MASK_BLOCK = 1 << 16 if INTERPRET else 2048
+WINDOW_BLOCK = 1 << 16 if INTERPRET else 4096
+# Lists of fewer entries go straight to the radix passes: a handful of
+# launches costs less there than the sample's sort and the window pass.
+WINDOW_MIN = 1 << 20
 NUM_WARPS = 8
 # Copies of the histogram that the blocks' atomics spread over (see
 # histogram_kernel); the interpreter has no contention, and two copies test
@@ -73,6 +86,7 @@ class _Job:
         self.out = torch.empty(scores.shape, dtype=out_bits_dtype, device=scores.device)
         self.blocks = triton.cdiv(self.n, MASK_BLOCK)  # of the mask passes
         self.count_base = count_base
+        self.counted = False  # all n entries are read (see _Candidates)
 
     def key_args(self, plan):
         """The (prev pointer, constexprs) that every kernel's key and alive
@@ -118,6 +132,62 @@ def _check(scores, masks, k, op):
             raise TypeError(f"{op}: unsupported default mask dtype {m.dtype}")
 
 
+class _Candidates:
+    """The candidate buffer of the window pass, as a source of the radix
+    passes: keys (their own key, so no filter), state[CAND] of them."""
+
+    def __init__(self, plan, capacity, device):
+        self.n = capacity
+        self.bits = torch.empty(capacity, dtype=plan.bits_dtype, device=device)
+        self.counted = True
+
+    def key_args(self, plan):
+        return self.bits, dict(ABS_MASK=plan.abs_mask, INF_BITS=plan.inf_bits, WIDE=plan.wide, ONE=1, FILTER=False)
+
+
+def _window_pass(jobs, plan, k, entries, cands, state, tracing):
+    """window.bounds, window_kernel over every tensor, window.decide."""
+    bounds = window.bounds(jobs, plan, k, entries)
+    blocks = [triton.cdiv(job.n, WINDOW_BLOCK) for job in jobs]
+    below = torch.zeros(sum(blocks), dtype=torch.int64, device=cands.bits.device)
+    alive = torch.zeros_like(below)
+    base = 0
+    for job, count in zip(jobs, blocks):
+        prev, consts = job.key_args(plan)
+        _launch(
+            kernels.window_kernel, (count,),
+            job.bits, prev, job.n, bounds, cands.bits, cands.n, state, below, alive, base,
+            BLOCK=WINDOW_BLOCK, tracing=tracing, **consts,
+        )
+        base += count
+    window.decide(state, below.sum(), alive.sum(), k, cands.n)
+
+
+def _radix_passes(sources, plan, k, state, tracing, gate, from_k=True):
+    """The radix passes over `sources` (tensors of the list, or the
+    candidates), each a histogram then a bucket select, narrowing state to
+    the threshold T; every kernel launched with `gate`."""
+    bases, nbins = [], 0
+    for _, bits in plan.digits:
+        bases.append(nbins)
+        nbins += 1 << bits
+    hist = torch.zeros(HIST_REPLICAS * nbins, dtype=torch.int64, device=state.device)
+    for p, (shift, bits) in enumerate(plan.digits):
+        for src in sources:
+            prev, consts = src.key_args(plan)
+            _launch(
+                kernels.histogram_kernel, (triton.cdiv(src.n, HIST_BLOCK),),
+                src.bits, prev, src.n, hist, bases[p], nbins, state,
+                SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=HIST_BLOCK, REPLICAS=HIST_REPLICAS,
+                GATE=gate, COUNTED=src.counted, tracing=tracing, **consts,
+            )
+        _launch(
+            kernels.select_bucket_kernel, (1,), hist, bases[p], nbins, state, k,
+            DIGIT_BITS=bits, FROM_K=from_k and p == 0, CHUNK=min(SELECT_CHUNK, 1 << bits),
+            REPLICAS=HIST_REPLICAS, GATE=gate, tracing=tracing,
+        )
+
+
 def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
     """The masks of the k smallest-|scores| entries of the list, ranked
     together (see pruneext.ops for the semantics)."""
@@ -143,25 +213,14 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
     state = torch.zeros(kernels.STATE_SIZE, dtype=torch.int64, device=device)
     counts = torch.zeros(max(blocks, 1), dtype=torch.int64, device=device)
     if k > 0 and live:
-        bases, nbins = [], 0
-        for _, bits in plan.digits:
-            bases.append(nbins)
-            nbins += 1 << bits
-        hist = torch.zeros(HIST_REPLICAS * nbins, dtype=torch.int64, device=device)
-        for p, (shift, bits) in enumerate(plan.digits):
-            for job in live:
-                prev, consts = job.key_args(plan)
-                _launch(
-                    kernels.histogram_kernel, (triton.cdiv(job.n, HIST_BLOCK),),
-                    job.bits, prev, job.n, hist, bases[p], nbins, state,
-                    SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=HIST_BLOCK, REPLICAS=HIST_REPLICAS,
-                    tracing=tracing, **consts,
-                )
-            _launch(
-                kernels.select_bucket_kernel, (1,), hist, bases[p], nbins, state, k,
-                DIGIT_BITS=bits, FIRST=p == 0, CHUNK=min(SELECT_CHUNK, 1 << bits), REPLICAS=HIST_REPLICAS,
-                tracing=tracing,
-            )
+        entries = sum(j.n for j in live)
+        if entries >= WINDOW_MIN:
+            cands = _Candidates(plan, window.capacity(entries), device)
+            _window_pass(live, plan, k, entries, cands, state, tracing)
+            _radix_passes([cands], plan, k, state, tracing, kernels.ON_HIT, from_k=False)
+            _radix_passes(live, plan, k, state, tracing, kernels.ON_MISS)
+        else:
+            _radix_passes(live, plan, k, state, tracing, kernels.ALWAYS)
         for job in live:
             prev, consts = job.key_args(plan)
             _launch(

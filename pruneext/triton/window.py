@@ -1,0 +1,72 @@
+"""The sampled window of the Triton radix select, as the CPU and CUDA kernels
+have it: one pass over the entries instead of a histogram over all of them.
+
+A strided sample of the keys brackets the k-th alive key between two of the
+sample's order statistics, lo <= hi, MARGIN_SIGMAS standard deviations of a
+sample rank either side of where it should fall. window_kernel then reads
+every entry once: it counts the alive keys below lo and in all, and appends
+those within [lo, hi] to a candidate buffer. If the k-th key is among them
+(below < rank <= below + candidates, and they all fit), the radix passes run
+over the candidates alone; else (a sample far off, or a crowd of equal keys
+overflowing the buffer) over every entry, as without a window. The device
+decides (state[HIT]) and each path's kernels return at once when it is the
+other's turn, so the host never waits.
+
+Everything here is torch ops on a sample of SAMPLE keys: no host sync.
+"""
+import math
+
+import torch
+
+from . import kernels
+
+SAMPLE = 1 << 16  # keys in the sample (all entries' keys when there are fewer)
+MARGIN_SIGMAS = 4.0  # a sample rank's error is about sqrt(rank)
+# The window holds about 2 * MARGIN_SIGMAS * sqrt(rank) / SAMPLE of the
+# entries (2 % at SAMPLE = 2^16); the buffer takes 1/CAPACITY_DIV of them.
+CAPACITY_DIV = 32
+CAPACITY_SLACK = 4096
+
+
+def capacity(entries):
+    return entries // CAPACITY_DIV + CAPACITY_SLACK
+
+
+def bounds(jobs, plan, k, entries):
+    """The window [lo, hi] of keys, as an int64 tensor of two, from a
+    strided sample of every tensor of the list (in proportion to its size).
+    Dead entries (mask not 1, with among_alive) take the largest key, with
+    the NaNs: the alive keys keep their order below them, and the k-th alive
+    key of all sits near sample rank k * samples / entries, whatever the
+    share of alive entries."""
+    counts = [min(job.n, (SAMPLE * job.n + entries - 1) // entries) for job in jobs]  # ceil: at least 1
+    sample = torch.empty(sum(counts), dtype=torch.int64, device=jobs[0].bits.device)
+    start = 0
+    for job, count in zip(jobs, counts):
+        where = torch.arange(count, dtype=torch.int64, device=sample.device) * job.n // count
+        key = job.bits.reshape(-1)[where].to(torch.int64) & plan.abs_mask
+        key = torch.where(key > plan.inf_bits, plan.abs_mask, key)
+        if job.filter:
+            key = torch.where(job.prev.reshape(-1)[where] == job.prev_one, key, plan.abs_mask)
+        sample[start : start + count] = key
+        start += count
+    sample = torch.sort(sample).values
+    rank = k * sample.numel() / entries
+    margin = MARGIN_SIGMAS * math.sqrt(rank) + 2
+    lo_at, hi_at = math.floor(rank - margin), math.ceil(rank + margin)
+    lo = sample[lo_at] if lo_at >= 0 else sample.new_zeros(())
+    hi = sample[hi_at] if hi_at < sample.numel() else sample.new_full((), plan.abs_mask)
+    return torch.stack([lo, hi])
+
+
+def decide(state, below, alive, k, cap):
+    """After window_kernel: state[HIT], and for the candidates' first pass
+    the rank within them, the count below them and the alive total (the
+    passes over all entries set those afresh if the window missed)."""
+    rank = torch.clamp(alive, max=k)  # k past the alive total selects them all
+    cands = state[kernels.CAND]
+    hit = (below < rank) & (rank <= below + cands) & (cands <= cap)
+    state[kernels.RANK] = rank - below
+    state[kernels.BELOW] = below
+    state[kernels.TOTAL] = alive
+    state[kernels.HIT] = hit.to(torch.int64)
