@@ -158,6 +158,23 @@ def _select_bucket(
 
 
 @triton.jit
+def sample_kernel(
+    bits_ptr, prev_ptr, n, count, sample_ptr, sample_base,
+    ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """sample[sample_base + i] = the int64 key of entry i * n // count, for
+    i < count; a dead entry (FILTER, mask not 1) takes the largest key."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    wanted = i < count
+    where = i * n // count
+    key = magnitude_key(tl.load(bits_ptr + where, mask=wanted, other=0), ABS_MASK, INF_BITS, WIDE).to(tl.int64)
+    if FILTER:
+        key = tl.where(tl.load(prev_ptr + where, mask=wanted, other=0) == ONE, key, ABS_MASK)
+    tl.store(sample_ptr + sample_base + i, key, mask=wanted)
+
+
+@triton.jit
 def window_kernel(
     bits_ptr, prev_ptr, n, window_ptr, cand_ptr, capacity, state_ptr, below_ptr, alive_ptr, count_base,
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,

@@ -5,7 +5,7 @@ For a list of tensors (the single-tensor op is a list of one), with
 P = len(KeyPlan.digits) radix passes (fp32: 3, fp16/bf16: 1, fp64: 6):
 
     with WINDOW_MIN entries or more (window.py):
-      window.bounds                  (torch ops on a strided sample)
+      window.bounds                  (sample_kernel per tensor, a sort)
       window_kernel per tensor       (counts below the window, candidates)
       window.decide                  (torch ops: state[HIT])
       the P passes over the candidates        (run on a hit)
@@ -26,6 +26,8 @@ k > the alive count when that count lives on the device (among_alive with a
 default mask): then one `.item()` after everything is launched, and only in
 eager mode (a traced graph cannot raise; see select_bucket_kernel).
 """
+import functools
+
 import torch
 import triton
 from torch._subclasses.fake_tensor import is_fake
@@ -147,7 +149,7 @@ class _Candidates:
 
 def _window_pass(jobs, plan, k, entries, cands, state, tracing):
     """window.bounds, window_kernel over every tensor, window.decide."""
-    bounds = window.bounds(jobs, plan, k, entries)
+    bounds = window.bounds(jobs, plan, k, entries, functools.partial(_launch, tracing=tracing))
     blocks = [triton.cdiv(job.n, WINDOW_BLOCK) for job in jobs]
     below = torch.zeros(sum(blocks), dtype=torch.int64, device=cands.bits.device)
     alive = torch.zeros_like(below)

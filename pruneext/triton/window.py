@@ -12,15 +12,18 @@ overflowing the buffer) over every entry, as without a window. The device
 decides (state[HIT]) and each path's kernels return at once when it is the
 other's turn, so the host never waits.
 
-Everything here is torch ops on a sample of SAMPLE keys: no host sync.
+Beside sample_kernel, everything here is torch ops on a sample of SAMPLE
+keys and on a few scalars: no host sync.
 """
 import math
 
 import torch
+import triton
 
 from . import kernels
 
 SAMPLE = 1 << 16  # keys in the sample (all entries' keys when there are fewer)
+SAMPLE_BLOCK = 1024
 MARGIN_SIGMAS = 4.0  # a sample rank's error is about sqrt(rank)
 # The window holds about 2 * MARGIN_SIGMAS * sqrt(rank) / SAMPLE of the
 # entries (2 % at SAMPLE = 2^16); the buffer takes 1/CAPACITY_DIV of them.
@@ -32,23 +35,22 @@ def capacity(entries):
     return entries // CAPACITY_DIV + CAPACITY_SLACK
 
 
-def bounds(jobs, plan, k, entries):
+def bounds(jobs, plan, k, entries, launch):
     """The window [lo, hi] of keys, as an int64 tensor of two, from a
-    strided sample of every tensor of the list (in proportion to its size).
-    Dead entries (mask not 1, with among_alive) take the largest key, with
-    the NaNs: the alive keys keep their order below them, and the k-th alive
-    key of all sits near sample rank k * samples / entries, whatever the
-    share of alive entries."""
+    strided sample of every tensor of the list (in proportion to its size;
+    sample_kernel, launched through `launch`). Dead entries (mask not 1,
+    with among_alive) take the largest key, with the NaNs: the alive keys
+    keep their order below them, and the k-th alive key of all sits near
+    sample rank k * samples / entries, whatever the share of alive entries."""
     counts = [min(job.n, (SAMPLE * job.n + entries - 1) // entries) for job in jobs]  # ceil: at least 1
     sample = torch.empty(sum(counts), dtype=torch.int64, device=jobs[0].bits.device)
     start = 0
     for job, count in zip(jobs, counts):
-        where = torch.arange(count, dtype=torch.int64, device=sample.device) * job.n // count
-        key = job.bits.reshape(-1)[where].to(torch.int64) & plan.abs_mask
-        key = torch.where(key > plan.inf_bits, plan.abs_mask, key)
-        if job.filter:
-            key = torch.where(job.prev.reshape(-1)[where] == job.prev_one, key, plan.abs_mask)
-        sample[start : start + count] = key
+        prev, consts = job.key_args(plan)
+        launch(
+            kernels.sample_kernel, (triton.cdiv(count, SAMPLE_BLOCK),),
+            job.bits, prev, job.n, count, sample, start, BLOCK=SAMPLE_BLOCK, **consts,
+        )
         start += count
     sample = torch.sort(sample).values
     rank = k * sample.numel() / entries
