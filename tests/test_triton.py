@@ -237,6 +237,16 @@ def test_window_misses_fall_back(device, monkeypatch, window_outcomes):
     assert window_outcomes == [0] * 9
 
 
+def test_window_with_k_past_the_entries(device):
+    # among_alive defers the check of k to the device count: the window must
+    # survive a k beyond every entry, and the op raise as the others do.
+    x = distinct_magnitudes(1000, seed=8).to(device)
+    mask = torch.ones(1000, device=device)
+    for k in (1001, 5000):
+        with pytest.raises(RuntimeError, match=f"k={k} exceeds the 1000 entries"):
+            triton_mask(x, k, mask, True)
+
+
 def test_window_overflow_of_equal_keys(device, monkeypatch, window_outcomes):
     # Half the entries share the k-th key: the window is that one key, and
     # its candidates overflow a buffer of 1/32 of the entries.

@@ -55,9 +55,10 @@ def bounds(jobs, plan, k, entries, launch):
     sample = torch.sort(sample).values
     rank = k * sample.numel() / entries
     margin = MARGIN_SIGMAS * math.sqrt(rank) + 2
-    lo_at, hi_at = math.floor(rank - margin), math.ceil(rank + margin)
+    last = sample.numel() - 1  # (a k past the entries, which the host refuses later, ranks past it)
+    lo_at, hi_at = min(math.floor(rank - margin), last), math.ceil(rank + margin)
     lo = sample[lo_at] if lo_at >= 0 else sample.new_zeros(())
-    hi = sample[hi_at] if hi_at < sample.numel() else sample.new_full((), plan.abs_mask)
+    hi = sample[hi_at] if hi_at <= last else sample.new_full((), plan.abs_mask)
     return torch.stack([lo, hi])
 
 
