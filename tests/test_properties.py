@@ -8,6 +8,7 @@ lowest flat index), identical across backends."""
 import math
 
 import hypothesis.strategies as st
+import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,17 @@ from test_ops import oracle
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SPECIALS = [0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1.0, -1.0, 0.5]
+
+
+@pytest.fixture(autouse=True)
+def triton_windows_from_64_entries(monkeypatch):
+    """The Triton backend's sampled window (a sample of 32) from 64 entries:
+    the smaller draws take its plain radix passes, the others the window."""
+    if "triton" in backends.available_backends():
+        from pruneext.triton import select, window
+
+        monkeypatch.setattr(select, "WINDOW_MIN", 64)
+        monkeypatch.setattr(window, "SAMPLE", 32)
 
 
 @st.composite
