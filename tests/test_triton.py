@@ -50,6 +50,7 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(triton_select, "HIST_BLOCK", 512)
     monkeypatch.setattr(triton_select, "MASK_BLOCK", 256)
     monkeypatch.setattr(triton_select, "WINDOW_BLOCK", 256)
+    monkeypatch.setattr(triton_select, "MAX_PROGRAMS", 3)  # programs stride over blocks
     monkeypatch.setattr(triton_select, "WINDOW_MIN", 256)
     monkeypatch.setattr(triton_window, "SAMPLE", 256)
 

@@ -58,7 +58,9 @@ def histogram_kernel(
     COUNTED: the keys are the candidate buffer, of state[CAND] keys (at most
     n, its capacity).
 
-    Block b counts into replica b % REPLICAS (replica_stride entries apart):
+    Each program strides over the blocks (a grid capped at MAX_PROGRAMS of
+    select.py), so a pass that its GATE skips costs few programs. Program p
+    counts into replica p % REPLICAS (replica_stride entries apart):
     magnitudes crowd into few bins, and the copies spread those bins' atomics
     over more addresses. select_bucket_kernel adds the replicas up."""
     if _gate_open(state_ptr, GATE):
@@ -66,25 +68,26 @@ def histogram_kernel(
             count = tl.minimum(tl.load(state_ptr + 6), n)  # CAND
         else:
             count = n
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        in_range = offs < count
-        key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
-        valid = in_range
-        if FILTER:
-            valid = valid & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
-        if not FIRST:
-            valid = valid & ((key >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + 0))  # PREFIX
-        digit = ((key >> SHIFT) & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
-        # Ties all land in one bin and would serialise on one atomic: add the
-        # block's smallest digit (zeros, the common tie) with a single atomic,
-        # and the others one by one.
         hist_ptr += hist_base + (tl.program_id(0) % REPLICAS).to(tl.int64) * replica_stride
-        low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
-        at_low = valid & (digit == low)
-        n_low = tl.sum(at_low.to(tl.int64), axis=0)
-        tl.atomic_add(hist_ptr + low, n_low, mask=n_low > 0, sem="relaxed")
-        rest = valid & (digit != low)
-        tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
+        for block in range(tl.program_id(0).to(tl.int64), tl.cdiv(count, BLOCK).to(tl.int64), tl.num_programs(0)):
+            offs = block * BLOCK + tl.arange(0, BLOCK)  # (an int64 block: 64-bit offsets)
+            in_range = offs < count
+            key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+            valid = in_range
+            if FILTER:
+                valid = valid & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+            if not FIRST:
+                valid = valid & ((key >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + 0))  # PREFIX
+            digit = ((key >> SHIFT) & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
+            # Ties all land in one bin and would serialise on one atomic: add
+            # the block's smallest digit (zeros, the common tie) with a single
+            # atomic, and the others one by one.
+            low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
+            at_low = valid & (digit == low)
+            n_low = tl.sum(at_low.to(tl.int64), axis=0)
+            tl.atomic_add(hist_ptr + low, n_low, mask=n_low > 0, sem="relaxed")
+            rest = valid & (digit != low)
+            tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
 
 
 @triton.jit
@@ -214,17 +217,18 @@ def count_ties_kernel(
     the cut splits those keys (RANK < IN_BIN). Otherwise every key == T is
     selected (or none, for RANK == 0) whatever its place, the counts stay
     zero, and the scores are not read: with tie-free data, the common case,
-    this pass costs a launch."""
+    this pass costs a launch of a few programs (they stride over the blocks,
+    as in histogram_kernel)."""
     if tl.load(state_ptr + 1) < tl.load(state_ptr + 4):  # RANK < IN_BIN
-        pid = tl.program_id(0).to(tl.int64)
-        offs = pid * BLOCK + tl.arange(0, BLOCK)
-        in_range = offs < n
-        key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
-        alive = in_range
-        if FILTER:
-            alive = alive & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
-        ties = alive & (key == tl.load(state_ptr + 0))  # PREFIX
-        tl.store(counts_ptr + count_base + pid, tl.sum(ties.to(tl.int64), axis=0))
+        for block in range(tl.program_id(0).to(tl.int64), tl.cdiv(n, BLOCK).to(tl.int64), tl.num_programs(0)):
+            offs = block * BLOCK + tl.arange(0, BLOCK)
+            in_range = offs < n
+            key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+            alive = in_range
+            if FILTER:
+                alive = alive & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+            ties = alive & (key == tl.load(state_ptr + 0))  # PREFIX
+            tl.store(counts_ptr + count_base + block, tl.sum(ties.to(tl.int64), axis=0))
 
 
 @triton.jit

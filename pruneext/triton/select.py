@@ -51,6 +51,10 @@ WINDOW_BLOCK = 1 << 16 if INTERPRET else 4096
 # launches costs less there than the sample's sort and the window pass.
 WINDOW_MIN = 1 << 20
 NUM_WARPS = 8
+# Programs of the passes that may be skipped on the device (the histograms
+# of the path not taken, the tie counts): they stride over their blocks, so
+# a skipped pass launches this many programs, not one per block.
+MAX_PROGRAMS = 1 << 14
 # Copies of the histogram that the blocks' atomics spread over (see
 # histogram_kernel); the interpreter has no contention, and two copies test
 # the sums.
@@ -178,7 +182,7 @@ def _radix_passes(sources, plan, k, state, tracing, gate, from_k=True):
         for src in sources:
             prev, consts = src.key_args(plan)
             _launch(
-                kernels.histogram_kernel, (triton.cdiv(src.n, HIST_BLOCK),),
+                kernels.histogram_kernel, (min(triton.cdiv(src.n, HIST_BLOCK), MAX_PROGRAMS),),
                 src.bits, prev, src.n, hist, bases[p], nbins, state,
                 SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=HIST_BLOCK, REPLICAS=HIST_REPLICAS,
                 GATE=gate, COUNTED=src.counted, tracing=tracing, **consts,
@@ -226,7 +230,7 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
         for job in live:
             prev, consts = job.key_args(plan)
             _launch(
-                kernels.count_ties_kernel, (job.blocks,),
+                kernels.count_ties_kernel, (min(job.blocks, MAX_PROGRAMS),),
                 job.bits, prev, job.n, state, counts, job.count_base,
                 BLOCK=MASK_BLOCK, tracing=tracing, **consts,
             )
