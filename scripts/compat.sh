@@ -10,7 +10,10 @@
 # COMPAT_PINS overrides the pins, e.g. COMPAT_PINS="torch==2.12.0 triton==3.7.0".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PINS=${COMPAT_PINS:-torch==2.11.0 triton==3.6.0}
+# numpy < 2.4: Triton 3.6's interpreter turns a scalar (a 1-element array)
+# into an int to bound a loop, which numpy 2.4 refuses (the GPU machine's
+# numpy is newer, but it compiles the kernels rather than interpret them).
+PINS=${COMPAT_PINS:-torch==2.11.0 triton==3.6.0 numpy<2.4}
 ROOT="$PWD/.compat"
 rm -rf "$ROOT/tree"
 mkdir -p "$ROOT/tree"

@@ -178,13 +178,15 @@ def _radix_passes(sources, plan, k, state, tracing, gate, from_k=True):
         bases.append(nbins)
         nbins += 1 << bits
     hist = torch.zeros(HIST_REPLICAS * nbins, dtype=torch.int64, device=state.device)
+    # 64-bit keys take half the block: Triton 3.6 spills the full one.
+    block = HIST_BLOCK // 2 if plan.wide else HIST_BLOCK
     for p, (shift, bits) in enumerate(plan.digits):
         for src in sources:
             prev, consts = src.key_args(plan)
             _launch(
-                kernels.histogram_kernel, (min(triton.cdiv(src.n, HIST_BLOCK), MAX_PROGRAMS),),
+                kernels.histogram_kernel, (min(triton.cdiv(src.n, block), MAX_PROGRAMS),),
                 src.bits, prev, src.n, hist, bases[p], nbins, state,
-                SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=HIST_BLOCK, REPLICAS=HIST_REPLICAS,
+                SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=block, REPLICAS=HIST_REPLICAS,
                 GATE=gate, COUNTED=src.counted, tracing=tracing, **consts,
             )
         _launch(
