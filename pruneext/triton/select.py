@@ -75,9 +75,16 @@ def _launch(kernel, grid, *args, tracing=False, **meta):
     wrap_triton(kernel)[grid](*args, num_warps=NUM_WARPS, **meta)
 
 
+def _key_consts(plan, one, filter):
+    """The constexprs of every kernel's key and alive test."""
+    return dict(ABS_MASK=plan.abs_mask, INF_BITS=plan.inf_bits, WIDE=plan.wide, ONE=one, FILTER=filter)
+
+
 class _Job:
     """One tensor of the list: integer views of its scores and default mask,
     its output, and where its blocks' tie counts go."""
+
+    counted = False  # all n entries are read (see _Candidates)
 
     def __init__(self, scores, prev, among_alive, count_base):
         self.n = scores.numel()
@@ -92,15 +99,12 @@ class _Job:
         self.out = torch.empty(scores.shape, dtype=out_bits_dtype, device=scores.device)
         self.blocks = triton.cdiv(self.n, MASK_BLOCK)  # of the mask passes
         self.count_base = count_base
-        self.counted = False  # all n entries are read (see _Candidates)
 
     def key_args(self, plan):
         """The (prev pointer, constexprs) that every kernel's key and alive
         test take; without a default mask the pointer is never read."""
         prev = self.bits if self.prev is None else self.prev
-        return prev, dict(
-            ABS_MASK=plan.abs_mask, INF_BITS=plan.inf_bits, WIDE=plan.wide, ONE=self.prev_one, FILTER=self.filter
-        )
+        return prev, _key_consts(plan, self.prev_one, self.filter)
 
     def result(self):
         return self.out.view(self.out_dtype)
@@ -142,13 +146,14 @@ class _Candidates:
     """The candidate buffer of the window pass, as a source of the radix
     passes: keys (their own key, so no filter), state[CAND] of them."""
 
+    counted = True
+
     def __init__(self, plan, capacity, device):
         self.n = capacity
         self.bits = torch.empty(capacity, dtype=plan.bits_dtype, device=device)
-        self.counted = True
 
     def key_args(self, plan):
-        return self.bits, dict(ABS_MASK=plan.abs_mask, INF_BITS=plan.inf_bits, WIDE=plan.wide, ONE=1, FILTER=False)
+        return self.bits, _key_consts(plan, 1, False)
 
 
 def _window_pass(jobs, plan, k, entries, cands, state, tracing):
