@@ -34,6 +34,18 @@ from .methods import (
 )
 from ._info import build_info
 
+# torch.nn.utils.prune's module-level helpers, which code and test suites
+# written against it call (prune._compute_nparams_toprune(...)): torch's own
+# functions, so names, signatures and errors are torch's by construction.
+from torch.nn.utils.prune import (  # noqa: E402,F401
+    _compute_nparams_toprune,
+    _compute_norm,
+    _validate_pruning_amount,
+    _validate_pruning_amount_init,
+    _validate_pruning_dim,
+    _validate_structured_pruning,
+)
+
 try:  # the Triton backend registers itself when Triton can run here
     from . import triton as _triton_backend  # noqa: F401
 except ImportError:

@@ -174,11 +174,9 @@ _MISSING = object()
 
 def _is_l1_unstructured(method):
     """L1 methods whose compute_mask is the plain L1 rule (ours or torch's,
-    not a subclass that overrides it): the kernels can stand in for them."""
-    return type(method).compute_mask in (
-        L1Unstructured.compute_mask,
-        _torch_prune.L1Unstructured.compute_mask,
-    )
+    not a subclass that overrides it, nor one patched or mocked on the class
+    or the instance): the kernels can stand in for them."""
+    return "compute_mask" not in vars(method) and type(method).compute_mask in _PLAIN_L1_RULES
 
 
 class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
@@ -264,3 +262,9 @@ class CustomFromMask(BasePruningMethod, _torch_prune.CustomFromMask):
     @classmethod
     def apply(cls, module, name, mask):
         return super().apply(module, name, mask=mask)
+
+
+# The plain L1 rules as defined, captured once: a compute_mask patched onto
+# either class later (unittest.mock.patch.object) is not among them, so the
+# patched method is what runs.
+_PLAIN_L1_RULES = (L1Unstructured.compute_mask, _torch_prune.L1Unstructured.compute_mask)
