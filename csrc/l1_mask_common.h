@@ -55,8 +55,31 @@ inline bool is_kernel_score_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
 }
 
+// Masks are read and written as raw integers of their width (see
+// mask_one_bits), so any dtype of 1, 2, 4 or 8 bytes whose 1 has a single
+// encoding serves: the float, integer, bool, float8 and complex64 masks that
+// torch.nn.utils.prune accepts.
 inline bool is_kernel_mask_dtype(at::ScalarType t) {
-  return is_kernel_score_dtype(t) || t == at::kBool || t == at::kByte;
+  switch (t) {
+    case at::kFloat:
+    case at::kDouble:
+    case at::kHalf:
+    case at::kBFloat16:
+    case at::kBool:
+    case at::kByte:
+    case at::kChar:
+    case at::kShort:
+    case at::kInt:
+    case at::kLong:
+    case at::kFloat8_e4m3fn:
+    case at::kFloat8_e5m2:
+    case at::kFloat8_e4m3fnuz:
+    case at::kFloat8_e5m2fnuz:
+    case at::kComplexFloat:
+      return true;
+    default:
+      return false;
+  }
 }
 
 // Validates the arguments of l1_mask / l1_mask_global and allocates outputs.
@@ -181,8 +204,18 @@ inline uint64_t mask_one_bits(at::ScalarType t) {
     case at::kDouble: return 0x3FF0000000000000ull;
     case at::kHalf: return 0x3C00u;
     case at::kBFloat16: return 0x3F80u;
+    case at::kFloat8_e4m3fn: return 0x38u;
+    case at::kFloat8_e5m2: return 0x3Cu;
+    case at::kFloat8_e4m3fnuz:
+    case at::kFloat8_e5m2fnuz: return 0x40u;
+    // (1.0f, 0.0f): the real part in the low 4 bytes, the imaginary part 0
+    case at::kComplexFloat: return 0x3F800000u;
     case at::kBool:
-    case at::kByte: return 1u;
+    case at::kByte:
+    case at::kChar:
+    case at::kShort:
+    case at::kInt:
+    case at::kLong: return 1u;
     default: TORCH_CHECK_TYPE(false, "pruneext: unsupported mask dtype ", t);
   }
 }

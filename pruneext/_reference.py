@@ -19,6 +19,8 @@ _FLOAT_BITS = {
     torch.bfloat16: (torch.int16, 0x7F80),
 }
 _INT64_MAX = torch.iinfo(torch.int64).max
+_INT64_MIN = torch.iinfo(torch.int64).min
+_INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def magnitude_key(scores):
@@ -32,6 +34,10 @@ def magnitude_key(scores):
         return torch.where(key > inf_bits, torch.full_like(key, abs_mask), key)
     if scores.dtype.is_floating_point or scores.dtype.is_complex or scores.dtype == torch.bool:
         raise TypeError(f"L1 pruning needs real float or integer scores, got {scores.dtype}")
+    if scores.dtype == torch.int64:
+        # |x| as unsigned bits (abs of the most negative value wraps onto 2^63's
+        # bits), top bit flipped so that signed order is the unsigned order
+        return flat.abs() ^ _INT64_MIN
     return flat.to(torch.int64).abs()
 
 
@@ -63,7 +69,12 @@ def _apply(selected, scores, default_mask):
         out = torch.ones(scores.shape, dtype=scores.dtype, device=scores.device)
     else:
         out = default_mask.clone(memory_format=torch.contiguous_format)
-    return out.masked_fill_(selected.view(out.shape), 0)
+    # 0 is all-zero bits in every mask dtype: fill an integer view of the
+    # same width, which also serves dtypes masked_fill lacks (float8)
+    bits = _INT_OF_WIDTH.get(out.element_size())
+    target = out if bits is None or out.dtype == torch.bool else out.view(bits)
+    target.masked_fill_(selected.view(out.shape), 0)
+    return out
 
 
 def _check_mask(scores, default_mask):

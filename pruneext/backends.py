@@ -12,6 +12,7 @@ that cannot serve a tensor raises; it never switches silently.
 """
 import contextlib
 import contextvars
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -27,8 +28,39 @@ _AUTO_ORDER = {
     "cpu": ("cpu", "torch"),
 }
 
+log = logging.getLogger("pruneext")
+
 KERNEL_SCORE_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
-KERNEL_MASK_DTYPES = KERNEL_SCORE_DTYPES | {torch.bool, torch.uint8}
+
+# The kernels read and write masks as raw integers of the mask's width and
+# test "alive" as bits == the bits of 1 (csrc/l1_mask_common.h), so every
+# mask dtype of 1, 2, 4 or 8 bytes with a single encoding of 1 is served:
+# the ones torch.nn.utils.prune accepts. (complex128, 16 bytes, is not.)
+KERNEL_MASK_DTYPES = KERNEL_SCORE_DTYPES | {
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2fnuz,
+    torch.complex64,
+}
+
+# Integer scores reach the kernels as the float dtype that holds every one
+# of their magnitudes exactly, so ranks and ties are the integers' own (a
+# temporary copy of the scores; see pruneext.ops). 64-bit integers are exact
+# in float64 only up to 2^53 in magnitude: pruneext.ops checks the values.
+INTEGER_SCORE_VIEWS = {
+    torch.uint8: torch.float16,  # |x| <= 255 < 2^11
+    torch.int8: torch.float16,
+    torch.int16: torch.float32,  # |x| <= 2^15 < 2^24
+    torch.int32: torch.float64,  # |x| <= 2^31 < 2^53
+    torch.int64: torch.float64,  # exact while |x| <= 2^53
+}
 
 
 @dataclass(frozen=True)
@@ -47,6 +79,8 @@ class Backend:
                 f"pruneext backend {self.name!r} cannot serve tensors on device "
                 f"{device_type!r} (it serves {', '.join(self.devices)})"
             )
+        if self.score_dtypes is not None:
+            score_dtype = INTEGER_SCORE_VIEWS.get(score_dtype, score_dtype)
         if self.score_dtypes is not None and score_dtype not in self.score_dtypes:
             return f"pruneext backend {self.name!r} does not support scores of dtype {score_dtype}"
         if mask_dtype is not None and self.mask_dtypes is not None and mask_dtype not in self.mask_dtypes:
@@ -118,10 +152,17 @@ def resolve(device, score_dtype, mask_dtype=None) -> Backend:
     device_type = torch.device(device).type
     choice = get_backend()
     if choice == AUTO:
+        refusals = []
         for name in _AUTO_ORDER.get(device_type, ("torch",)):
             backend = _registry.get(name)
-            if backend is not None and backend.refusal(device_type, score_dtype, mask_dtype) is None:
+            if backend is None:
+                continue
+            reason = backend.refusal(device_type, score_dtype, mask_dtype)
+            if reason is None:
+                if refusals and log.isEnabledFor(logging.DEBUG):
+                    log.debug("auto backend: %s, because %s", name, "; ".join(refusals))
                 return backend
+            refusals.append(reason)
         # Only the torch backend is left; let it explain what it refuses.
         choice = "torch"
     backend = _registry.get(choice)
@@ -132,3 +173,13 @@ def resolve(device, score_dtype, mask_dtype=None) -> Backend:
         error = TypeError if device_type in backend.devices else RuntimeError
         raise error(reason)
     return backend
+
+
+def fall_back(backend, reason):
+    """The backend to use when `backend` cannot serve these particular
+    values (not their dtype): the torch backend under auto, with `reason` in
+    the debug log; an explicitly chosen backend raises TypeError instead."""
+    if get_backend() != AUTO:
+        raise TypeError(f"pruneext backend {backend.name!r} cannot serve this call: {reason}")
+    log.debug("auto backend: torch, because %s", reason)
+    return _registry["torch"]

@@ -19,6 +19,33 @@ import torch
 from . import backends
 
 
+# 2^53: the largest magnitude up to which every integer is a float64
+_FLOAT64_EXACT = 1 << 53
+
+
+def _exact_in_float64(t):
+    if t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t)
+    return -_FLOAT64_EXACT <= int(low) and int(high) <= _FLOAT64_EXACT
+
+
+def kernel_scores(scores, backend):
+    """(scores, backend) with integer scores as the float dtype the kernels
+    rank them in (backends.INTEGER_SCORE_VIEWS): a temporary copy that holds
+    every magnitude exactly, so the masks are the integers' own. int64 scores
+    beyond 2^53 in magnitude have no such view: under auto they go to the
+    torch backend (logged), an explicitly chosen kernel backend raises."""
+    dtype = scores[0].dtype if scores else None
+    view = backends.INTEGER_SCORE_VIEWS.get(dtype)
+    if backend.score_dtypes is None or view is None:
+        return scores, backend
+    if dtype == torch.int64 and not all(_exact_in_float64(s) for s in scores):
+        reason = "int64 scores of magnitude above 2^53 have no exact float view for the kernels"
+        return scores, backends.fall_back(backend, reason)
+    return [s.to(view) for s in scores], backend
+
+
 def _check_tensor(t, what):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
@@ -36,7 +63,10 @@ def l1_mask(scores, k, default_mask=None, among_alive=False):
     backend = backends.resolve(
         scores.device, scores.dtype, None if default_mask is None else default_mask.dtype
     )
-    return backend.l1_mask(scores, int(k), default_mask, bool(among_alive))
+    (ranked,), backend = kernel_scores([scores], backend)
+    mask = backend.l1_mask(ranked, int(k), default_mask, bool(among_alive))
+    # without a default mask the result has the scores' dtype, as torch's
+    return mask if default_mask is not None or mask.dtype == scores.dtype else mask.to(scores.dtype)
 
 
 def count_alive(mask):
@@ -70,4 +100,7 @@ def l1_mask_global(scores, k, default_masks=None, among_alive=False):
     mask_dtype = _common_dtype(given) if given else None
     masks = [m if m is None or m.dtype == mask_dtype else m.to(mask_dtype) for m in masks]
     backend = backends.resolve(scores[0].device, score_dtype, mask_dtype)
-    return backend.l1_mask_global(scores, int(k), masks, bool(among_alive))
+    ranked, backend = kernel_scores(scores, backend)
+    out = backend.l1_mask_global(ranked, int(k), masks, bool(among_alive))
+    # without a default mask a result has the scores' dtype, as torch's
+    return [o if m is not None or o.dtype == score_dtype else o.to(score_dtype) for o, m in zip(out, masks)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pruneext
-from pruneext import ops
+from pruneext import backends, ops
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -78,7 +78,7 @@ def test_nan_inf_signed_zero(backend_device):
     assert ops.l1_mask(x, 7).cpu()[[0, 6]].tolist() == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.float16, torch.float64, torch.bool, torch.uint8])
+@pytest.mark.parametrize("mask_dtype", sorted(backends.KERNEL_MASK_DTYPES, key=str), ids=str)
 @pytest.mark.parametrize("among_alive", [False, True])
 def test_default_mask(backend_device, mask_dtype, among_alive):
     _, device = backend_device

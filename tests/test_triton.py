@@ -374,7 +374,7 @@ def test_errors(device):
     with pytest.raises(TypeError):
         triton_mask(torch.arange(10, device=device), 2)
     with pytest.raises(TypeError):
-        triton_mask(x, 2, torch.ones(10, dtype=torch.int32, device=device))
+        triton_mask(x, 2, torch.ones(10, dtype=torch.complex128, device=device))
     with pytest.raises(TypeError):
         triton_global([x, x.double()], 2, [None, None])
 

@@ -55,6 +55,15 @@ MASK_BITS = {
     torch.bfloat16: (torch.int16, 0x3F80),
     torch.bool: (torch.uint8, 1),
     torch.uint8: (torch.uint8, 1),
+    torch.int8: (torch.uint8, 1),
+    torch.int16: (torch.int16, 1),
+    torch.int32: (torch.int32, 1),
+    torch.int64: (torch.int64, 1),
+    torch.float8_e4m3fn: (torch.uint8, 0x38),
+    torch.float8_e5m2: (torch.uint8, 0x3C),
+    torch.float8_e4m3fnuz: (torch.uint8, 0x40),
+    torch.float8_e5m2fnuz: (torch.uint8, 0x40),
+    torch.complex64: (torch.int64, 0x3F800000),  # (1.0, 0.0): real part low
 }
 
 
