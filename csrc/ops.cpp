@@ -24,4 +24,31 @@ TORCH_LIBRARY(pruneext, m) {
       "l1_mask_global(Tensor[] scores, SymInt k, Tensor?[] default_masks, "
       "bool among_alive=False) -> Tensor[]",
       {at::Tag::cudagraph_unsafe});
+
+  // The phases of the same selection, for a driver that runs the passes
+  // itself (pruneext/select_loop.py), e.g. with the histograms summed
+  // across processes. Over a list of tensors as l1_mask_global; an entry is
+  // alive unless among_alive and its default mask is not 1. key(x) is the
+  // magnitude key of magnitude_key.h, of W bits (float32 31, float64 63,
+  // float16 / bfloat16 15).
+  //
+  // Histogram of one radix digit: bin d counts the alive entries with
+  // (key >> (shift + bits)) == prefix and ((key >> shift) & (2^bits - 1)) == d.
+  // 1 <= bits <= 16, shift >= 0, shift + bits <= W. int64, 2^bits bins.
+  m.def(
+      "l1_key_histogram(Tensor[] scores, Tensor?[] default_masks, bool among_alive, "
+      "int shift, int bits, SymInt prefix) -> Tensor");
+  // Per tensor of the list: its alive entries whose key equals threshold
+  // (int64, one count per tensor).
+  m.def(
+      "l1_count_equal(Tensor[] scores, Tensor?[] default_masks, bool among_alive, "
+      "SymInt threshold) -> Tensor");
+  // The masks for threshold key T and per-tensor tie budgets: the default
+  // mask (1 where there is none) with every alive entry of key < T set to 0
+  // and, in tensor j, the first ties[j] alive entries (flat order) of key ==
+  // T (all of them where there are fewer). ties[j] >= 0. Dtypes as
+  // l1_mask_global.
+  m.def(
+      "l1_mask_write(Tensor[] scores, Tensor?[] default_masks, bool among_alive, "
+      "SymInt threshold, SymInt[] ties) -> Tensor[]");
 }

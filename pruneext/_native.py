@@ -47,12 +47,34 @@ if LOAD_ERROR is None:
         ]
 
 
+    @torch.library.register_fake("pruneext::l1_key_histogram")
+    def _l1_key_histogram_fake(scores, default_masks, among_alive, shift, bits, prefix):
+        device = scores[0].device if scores else "cpu"
+        return torch.empty(1 << bits, dtype=torch.int64, device=device)
+
+    @torch.library.register_fake("pruneext::l1_count_equal")
+    def _l1_count_equal_fake(scores, default_masks, among_alive, threshold):
+        device = scores[0].device if scores else "cpu"
+        return torch.empty(len(scores), dtype=torch.int64, device=device)
+
+    @torch.library.register_fake("pruneext::l1_mask_write")
+    def _l1_mask_write_fake(scores, default_masks, among_alive, threshold, ties):
+        return _l1_mask_global_fake(scores, 0, default_masks, among_alive)
+
+
 def _l1_mask(scores, k, default_mask=None, among_alive=False):
     return torch.ops.pruneext.l1_mask(scores, k, default_mask, among_alive)
 
 
 def _l1_mask_global(scores, k, default_masks, among_alive=False):
     return torch.ops.pruneext.l1_mask_global(scores, k, default_masks, among_alive)
+
+
+_PHASES = backends.Phases(
+    key_histogram=lambda *a: torch.ops.pruneext.l1_key_histogram(*a),
+    count_equal=lambda *a: torch.ops.pruneext.l1_count_equal(*a),
+    mask_write=lambda *a: torch.ops.pruneext.l1_mask_write(*a),
+)
 
 
 def _register(name, dispatch_key, device_available, why_no_device):
@@ -63,8 +85,9 @@ def _register(name, dispatch_key, device_available, why_no_device):
     elif not device_available:
         backends.mark_unavailable(name, why_no_device)
     else:
+        phases = _PHASES if has_kernel("l1_key_histogram", dispatch_key) else None
         backends.register(
-            backends.Backend(name, (name,), _l1_mask, _l1_mask_global)
+            backends.Backend(name, (name,), _l1_mask, _l1_mask_global, phases=phases)
         )
 
 

@@ -123,6 +123,65 @@ def l1_mask_global(scores, k, default_masks, among_alive=False):
     return [_apply(sel, s, m) for sel, s, m in zip(selected, scores, default_masks)]
 
 
+# ------------------------------------------------------------------ phases
+# The selection's passes as separate ops (csrc/ops.cpp documents them), for
+# the driver loop of pruneext/select_loop.py.
+
+
+def _alive_keys(scores, default_masks, among_alive):
+    """(key, alive or None) of each tensor of the list, flat."""
+    masks = default_masks or [None] * len(scores)
+    return [(magnitude_key(s), _alive(m, among_alive)) for s, m in zip(scores, masks)]
+
+
+def _device_of(scores):
+    return scores[0].device if scores else torch.device("cpu")
+
+
+def key_histogram(scores, default_masks, among_alive, shift, bits, prefix):
+    hist = torch.zeros(1 << bits, dtype=torch.int64, device=_device_of(scores))
+    if scores and scores[0].is_meta:
+        return hist
+    for key, alive in _alive_keys(scores, default_masks, among_alive):
+        take = (key >> (shift + bits)) == prefix
+        if alive is not None:
+            take &= alive
+        hist += torch.bincount((key[take] >> shift) & ((1 << bits) - 1), minlength=1 << bits)
+    return hist
+
+
+def _equal(key, alive, threshold):
+    eq = key == threshold
+    return eq if alive is None else eq & alive
+
+
+def count_equal(scores, default_masks, among_alive, threshold):
+    if scores and scores[0].is_meta:
+        return torch.zeros(len(scores), dtype=torch.int64, device="meta")
+    counts = [int(_equal(key, alive, threshold).sum()) for key, alive in _alive_keys(scores, default_masks, among_alive)]
+    return torch.tensor(counts, dtype=torch.int64, device=_device_of(scores))
+
+
+def mask_write(scores, default_masks, among_alive, threshold, ties):
+    masks = default_masks or [None] * len(scores)
+    if len(ties) != len(scores):
+        raise RuntimeError(f"l1_mask_write: expected {len(scores)} tie budgets, got {len(ties)}")
+    for s, m in zip(scores, masks):
+        _check_mask(s, m)
+    if scores and scores[0].is_meta:
+        return [_meta_result(s, m) for s, m in zip(scores, masks)]
+    out = []
+    for (key, alive), s, m, budget in zip(_alive_keys(scores, masks, among_alive), scores, masks, ties):
+        if budget < 0:
+            raise RuntimeError(f"l1_mask_write: tie budget {budget} is negative")
+        eq = _equal(key, alive, threshold)
+        below = key < threshold
+        if alive is not None:
+            below &= alive
+        out.append(_apply(below | (eq & (eq.cumsum(0) <= budget)), s, m))
+    return out
+
+
 backends.register(
     backends.Backend(
         name="torch",
@@ -131,5 +190,6 @@ backends.register(
         l1_mask_global=l1_mask_global,
         score_dtypes=None,
         mask_dtypes=None,
+        phases=backends.Phases(key_histogram, count_equal, mask_write),
     )
 )

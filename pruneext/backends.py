@@ -64,6 +64,16 @@ INTEGER_SCORE_VIEWS = {
 
 
 @dataclass(frozen=True)
+class Phases:
+    """The selection's passes as separate ops (csrc/ops.cpp), for a driver
+    that runs them itself (pruneext/select_loop.py)."""
+
+    key_histogram: Callable
+    count_equal: Callable
+    mask_write: Callable
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     devices: tuple  # device types served, e.g. ("cpu",)
@@ -71,9 +81,12 @@ class Backend:
     l1_mask_global: Callable
     score_dtypes: Optional[frozenset] = KERNEL_SCORE_DTYPES  # None: any real dtype
     mask_dtypes: Optional[frozenset] = KERNEL_MASK_DTYPES
+    phases: Optional[Phases] = None  # None: only the fused ops
 
-    def refusal(self, device_type, score_dtype, mask_dtype):
+    def refusal(self, device_type, score_dtype, mask_dtype, phases=False):
         """Why this backend cannot serve such tensors, or None if it can."""
+        if phases and self.phases is None:
+            return f"pruneext backend {self.name!r} has no selection phase ops"
         if device_type not in self.devices:
             return (
                 f"pruneext backend {self.name!r} cannot serve tensors on device "
@@ -147,8 +160,9 @@ def use_backend(name):
         _context_choice.reset(token)
 
 
-def resolve(device, score_dtype, mask_dtype=None) -> Backend:
-    """The backend that computes masks for such tensors."""
+def resolve(device, score_dtype, mask_dtype=None, phases=False) -> Backend:
+    """The backend that computes masks for such tensors (with `phases`: one
+    that has the selection's phase ops)."""
     device_type = torch.device(device).type
     choice = get_backend()
     if choice == AUTO:
@@ -157,7 +171,7 @@ def resolve(device, score_dtype, mask_dtype=None) -> Backend:
             backend = _registry.get(name)
             if backend is None:
                 continue
-            reason = backend.refusal(device_type, score_dtype, mask_dtype)
+            reason = backend.refusal(device_type, score_dtype, mask_dtype, phases)
             if reason is None:
                 if refusals and log.isEnabledFor(logging.DEBUG):
                     log.debug("auto backend: %s, because %s", name, "; ".join(refusals))
@@ -168,9 +182,10 @@ def resolve(device, score_dtype, mask_dtype=None) -> Backend:
     backend = _registry.get(choice)
     if backend is None:
         raise RuntimeError(f"pruneext backend {choice!r} is not available: {_unavailable[choice]}")
-    reason = backend.refusal(device_type, score_dtype, mask_dtype)
+    reason = backend.refusal(device_type, score_dtype, mask_dtype, phases)
     if reason is not None:
-        error = TypeError if device_type in backend.devices else RuntimeError
+        missing = device_type not in backend.devices or (phases and backend.phases is None)
+        error = RuntimeError if missing else TypeError
         raise error(reason)
     return backend
 

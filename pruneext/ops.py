@@ -80,27 +80,75 @@ def _common_dtype(tensors):
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
 
 
-def l1_mask_global(scores, k, default_masks=None, among_alive=False):
+def _prepare_list(scores, default_masks, op):
+    """Detached scores and masks of one device, each list promoted to one
+    dtype as torch.cat would (only the odd tensors are copied)."""
     for s in scores:
         _check_tensor(s, "scores")
     scores = [s.detach() for s in scores]
     masks = [None if m is None else m.detach() for m in (default_masks or [None] * len(scores))]
     if len(masks) != len(scores):
         raise ValueError(f"expected {len(scores)} default masks, got {len(masks)}")
-    if not scores:
-        return backends.resolve("cpu", torch.float32).l1_mask_global([], int(k), [], bool(among_alive))
     devices = {t.device for t in scores} | {m.device for m in masks if m is not None}
     if len(devices) > 1:
-        raise TypeError(f"l1_mask_global: all tensors must be on one device, got {sorted(map(str, devices))}")
-    # The kernels rank one key type and write one mask type per call: promote
-    # mixed lists as torch.cat would (these casts copy only the odd tensors).
-    score_dtype = _common_dtype(scores)
+        raise TypeError(f"{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
+    # The kernels rank one key type and write one mask type per call.
+    score_dtype = _common_dtype(scores) if scores else None
     scores = [s if s.dtype == score_dtype else s.to(score_dtype) for s in scores]
     given = [m for m in masks if m is not None]
     mask_dtype = _common_dtype(given) if given else None
     masks = [m if m is None or m.dtype == mask_dtype else m.to(mask_dtype) for m in masks]
+    return scores, masks, score_dtype, mask_dtype
+
+
+def l1_mask_global(scores, k, default_masks=None, among_alive=False):
+    scores, masks, score_dtype, mask_dtype = _prepare_list(scores, default_masks, "l1_mask_global")
+    if not scores:
+        return backends.resolve("cpu", torch.float32).l1_mask_global([], int(k), [], bool(among_alive))
     backend = backends.resolve(scores[0].device, score_dtype, mask_dtype)
     ranked, backend = kernel_scores(scores, backend)
     out = backend.l1_mask_global(ranked, int(k), masks, bool(among_alive))
     # without a default mask a result has the scores' dtype, as torch's
     return [o if m is not None or o.dtype == score_dtype else o.to(score_dtype) for o, m in zip(out, masks)]
+
+
+# ------------------------------------------------------------------ phases
+# The passes of the same selection as separate ops (schemas and semantics in
+# csrc/ops.cpp), for pruneext.select_loop, which runs them itself, e.g. with
+# the histograms summed across processes. Their keys are those of the float
+# scores: integer scores are ranked as their exact float copy, as above.
+
+# bits of the magnitude key of each score dtype the phases rank
+KEY_BITS = {torch.float32: 31, torch.float64: 63, torch.float16: 15, torch.bfloat16: 15}
+
+
+class PhaseInput:
+    """A list prepared once for all phases of one selection: one device, one
+    score dtype (integers as their exact float copy), one mask dtype, and
+    the backend that runs the phases."""
+
+    def __init__(self, scores, default_masks=None, among_alive=False):
+        scores, masks, score_dtype, mask_dtype = _prepare_list(scores, default_masks, "l1 phases")
+        device = scores[0].device if scores else torch.device("cpu")
+        backend = backends.resolve(device, score_dtype or torch.float32, mask_dtype, phases=True)
+        view = backends.INTEGER_SCORE_VIEWS.get(score_dtype)
+        if view is not None:
+            if score_dtype == torch.int64 and not all(_exact_in_float64(s) for s in scores):
+                raise TypeError("int64 importance scores of magnitude above 2^53 cannot be ranked across processes")
+            scores = [s.to(view) for s in scores]
+        self.scores, self.masks, self.among_alive = scores, masks, bool(among_alive)
+        self.score_dtype = scores[0].dtype if scores else torch.float32
+        self.key_bits = KEY_BITS[self.score_dtype]
+        self.result_dtype = score_dtype  # of a mask written without a default mask
+        self.phases = backend.phases
+
+    def key_histogram(self, shift, bits, prefix):
+        return self.phases.key_histogram(self.scores, self.masks, self.among_alive, shift, bits, prefix)
+
+    def count_equal(self, threshold):
+        return self.phases.count_equal(self.scores, self.masks, self.among_alive, threshold)
+
+    def mask_write(self, threshold, ties):
+        out = self.phases.mask_write(self.scores, self.masks, self.among_alive, threshold, list(ties))
+        return [o if m is not None or o.dtype == self.result_dtype else o.to(self.result_dtype)
+                for o, m in zip(out, self.masks)]

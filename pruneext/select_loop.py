@@ -1,0 +1,130 @@
+"""The selection as a loop over the kernels' phase ops: one driver for one
+process and for many.
+
+The fused ops (pruneext.ops.l1_mask_global) run a radix select inside one
+kernel call. Its passes only need digit histograms, and histograms of
+disjoint parts of a list add up, so the same select over a list spread
+across processes is this loop with the histograms summed by an all-reduce:
+
+  1. for each radix digit, most significant first: the histogram of the
+     digit over the alive entries whose higher digits equal the prefix
+     chosen so far (summed over the processes), and the bucket that holds the
+     k-th smallest key; the first histogram's total is the alive count,
+     which fixes k for a float amount;
+  2. the threshold key T and r, how many entries equal to T are pruned;
+  3. when r splits the entries equal to T, each part's share of r in the
+     global order (the caller's `ties`), then every part writes its masks.
+
+Bytes on the wire: 2^12 + 2^11 + 2^8 int64 bins for float32 keys (one pass
+of 2^15 for 16-bit keys), and what `ties` exchanges: none of it grows with
+the tensors. `LocalComm` is the one-process case: no collectives.
+"""
+import pickle
+
+import torch
+
+FIRST_DIGIT_BITS = 12  # the first digit of keys wider than 16 bits
+DIGIT_BITS = 11  # every later digit
+ALL = torch.iinfo(torch.int64).max  # a tie budget that prunes every tie
+
+
+def radix_digits(key_bits):
+    """(shift, bits) of each radix pass, most significant first: 16-bit keys
+    in one pass, wider keys in a 12-bit digit, then 11-bit digits (the plan
+    of csrc/magnitude_key.h)."""
+    first = key_bits if key_bits <= 16 else FIRST_DIGIT_BITS
+    shift = key_bits - first
+    digits = [(shift, first)]
+    while shift > 0:
+        bits = min(DIGIT_BITS, shift)
+        shift -= bits
+        digits.append((shift, bits))
+    return digits
+
+
+class LocalComm:
+    """The collectives of one process: every sum and gather is the identity.
+    Counts the bytes a process would send, as the distributed ones do."""
+
+    world_size = 1
+    rank = 0
+
+    def __init__(self):
+        self.bytes_sent = 0
+
+    def sum(self, tensor):
+        """All-reduce (sum) of an int64 tensor; returns the sum."""
+        self.bytes_sent += tensor.numel() * tensor.element_size()
+        return tensor
+
+    def gather(self, obj):
+        """All-gather of a small picklable object; returns one per rank."""
+        self.bytes_sent += len(pickle.dumps(obj))
+        return [obj]
+
+
+class Selection:
+    """What find_threshold settled: k, the threshold key T, how many entries
+    equal to T are pruned (`ties`) and how many there are (`equal`)."""
+
+    def __init__(self, k, threshold, ties, equal):
+        self.k, self.threshold, self.ties, self.equal = k, threshold, ties, equal
+
+    @property
+    def split(self):
+        """Whether only some of the entries equal to T are pruned: only then
+        does the order among them matter."""
+        return 0 < self.ties < self.equal
+
+
+def find_threshold(phase_input, k_of_alive, comm):
+    """Run the radix passes over `phase_input` (a pruneext.ops.PhaseInput:
+    this process's part of the list) with histograms summed by `comm`.
+    `k_of_alive(alive)` gives k from the alive count of the whole list (and
+    raises for a bad amount: the same on every process, since the count is)."""
+    prefix, rank, below = 0, None, 0
+    k = None
+    bucket_count = 0
+    for shift, bits in radix_digits(phase_input.key_bits):
+        hist = comm.sum(phase_input.key_histogram(shift, bits, prefix)).cpu()
+        if k is None:
+            k = int(k_of_alive(int(hist.sum())))
+            if k == 0:
+                return Selection(0, 0, 0, 0)
+            rank = k  # 1-based rank of the k-th smallest key
+        cum = hist.cumsum(0)
+        bucket = int(torch.searchsorted(cum, torch.tensor(rank), right=False))
+        bucket_count = int(hist[bucket])
+        lower = int(cum[bucket]) - bucket_count
+        rank -= lower
+        below += lower
+        prefix = (prefix << bits) | bucket
+    return Selection(k, prefix, k - below, bucket_count)
+
+
+def select(phase_input, k_of_alive, comm=None, ties=None):
+    """Masks of `phase_input` for the global selection. `ties(selection)`
+    returns this process's tie budget per tensor when the selection splits
+    the entries equal to T; the default (one process) gives them in list
+    order, which is the contract's order."""
+    comm = comm or LocalComm()
+    sel = find_threshold(phase_input, k_of_alive, comm)
+    n = len(phase_input.scores)
+    if not sel.split:
+        budgets = [ALL if sel.ties else 0] * n
+    elif ties is not None:
+        budgets = ties(sel)
+    else:
+        budgets = share_in_order(phase_input.count_equal(sel.threshold).tolist(), sel.ties)
+    return phase_input.mask_write(sel.threshold, budgets)
+
+
+def share_in_order(counts, ties):
+    """Budgets that give `ties` to the parts in their order: each takes all
+    of its entries equal to T until the ties run out."""
+    budgets = []
+    for count in counts:
+        take = min(count, ties)
+        budgets.append(take)
+        ties -= take
+    return budgets
