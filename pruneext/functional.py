@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import torch
 from torch.nn.utils import prune as _torch_prune
 
-from . import methods, ops
+from . import distributed, methods, ops
 from ._amount import checked_k
 
 # torch's own, unchanged: they act on any BasePruningMethod hook, ours included.
@@ -50,43 +50,100 @@ def custom_from_mask(module, name, mask):
 
 def global_unstructured(parameters, pruning_method, importance_scores=None, **kwargs):
     """Prune the `(module, name)` pairs of `parameters` together, as
-    torch.nn.utils.prune.global_unstructured does."""
-    if not isinstance(parameters, Iterable):
-        raise TypeError("global_unstructured(): parameters is not an Iterable")
-    parameters = list(parameters)  # torch reads a generator twice and sees it empty
-    importance_scores = importance_scores if importance_scores is not None else {}
-    if not isinstance(importance_scores, dict):
-        raise TypeError("global_unstructured(): importance_scores must be of type dict")
-    if not parameters:
-        # torch's error (from torch.cat of nothing), with its type
-        raise ValueError("global_unstructured(): parameters is empty (torch.cat(): expected a non-empty list of Tensors)")
+    torch.nn.utils.prune.global_unstructured does.
 
-    scores = [importance_scores.get((module, name), getattr(module, name)) for module, name in parameters]
-    masks = [getattr(module, name + "_mask", None) for module, name in parameters]
-    _check_one_device(scores + [m for m in masks if m is not None])
+    DTensor parameters (FSDP2, tensor parallel) are ranked across their
+    mesh without gathering them. With `process_group=pg` (a keyword, with
+    an L1 method), every rank of pg passes its own parameters and the union
+    of the lists is ranked as one (order: rank, then list order)."""
+    group = kwargs.pop("process_group", None)
+    if isinstance(parameters, Iterable):
+        parameters = list(parameters)  # torch reads a generator twice and sees it empty
+    comm = distributed.GroupComm(group) if group is not None else None
+    if comm is None and isinstance(parameters, list):
+        comm = _dtensor_comm(parameters)
+    with distributed.agreement(comm):
+        plan = _GlobalPlan(parameters, pruning_method, importance_scores, kwargs, group)
+    plan.run()
 
-    method = pruning_method(**kwargs)
-    method._tensor_name = "temp"
-    if method.PRUNING_TYPE != "unstructured":
-        raise TypeError(
-            'Only "unstructured" PRUNING_TYPE supported for '
-            f"the `pruning_method`. Found method {pruning_method} of type {method.PRUNING_TYPE}"
-        )
-    for (module, name), s in zip(parameters, scores):
-        param = methods.check_prunable(module, name)
-        if s.shape != param.shape:
-            raise AssertionError(
-                f"importance_scores should have the same shape as parameter "
-                f"{name} of {module}, got {s.shape} vs {param.shape}"
+
+def _dtensor_comm(parameters):
+    """The mesh's collectives when the list holds DTensor parameters (never
+    raises: the checks report what is wrong)."""
+    for entry in parameters:
+        try:
+            module, name = entry
+            param = module._parameters.get(name + "_orig", module._parameters.get(name))
+        except Exception:  # noqa: BLE001
+            continue
+        if distributed.is_dtensor(param):
+            return distributed.comm_for_dtensors([param])
+    return None
+
+
+class _GlobalPlan:
+    """global_unstructured in two steps: every check (in __init__), then
+    the masks and the module changes (run)."""
+
+    def __init__(self, parameters, pruning_method, importance_scores, kwargs, group):
+        self.group = group
+        self._check(parameters, pruning_method, importance_scores, kwargs)
+
+    def _check(self, parameters, pruning_method, importance_scores, kwargs):
+        if not isinstance(parameters, Iterable):
+            raise TypeError("global_unstructured(): parameters is not an Iterable")
+        parameters = list(parameters)  # torch reads a generator twice and sees it empty
+        importance_scores = importance_scores if importance_scores is not None else {}
+        if not isinstance(importance_scores, dict):
+            raise TypeError("global_unstructured(): importance_scores must be of type dict")
+        if not parameters and self.group is None:
+            # torch's error (from torch.cat of nothing), with its type
+            raise ValueError("global_unstructured(): parameters is empty (torch.cat(): expected a non-empty list of Tensors)")
+
+        scores = [importance_scores.get((module, name), getattr(module, name)) for module, name in parameters]
+        masks = [getattr(module, name + "_mask", None) for module, name in parameters]
+        _check_one_device(scores + [m for m in masks if m is not None])
+
+        method = pruning_method(**kwargs)
+        method._tensor_name = "temp"
+        if method.PRUNING_TYPE != "unstructured":
+            raise TypeError(
+                'Only "unstructured" PRUNING_TYPE supported for '
+                f"the `pruning_method`. Found method {pruning_method} of type {method.PRUNING_TYPE}"
             )
-    if not methods._is_l1_unstructured(method):
-        return _global_by_concatenation(parameters, method, scores, masks)
+        for (module, name), s in zip(parameters, scores):
+            param = methods.check_prunable(module, name)
+            if s.shape != param.shape:
+                raise AssertionError(
+                    f"importance_scores should have the same shape as parameter "
+                    f"{name} of {module}, got {s.shape} vs {param.shape}"
+                )
+        self.sharded = any(distributed.is_dtensor(t) for t in scores + masks)
+        if (self.sharded or self.group is not None) and not methods._is_l1_unstructured(method):
+            raise NotImplementedError("pruneext: across processes, global_unstructured prunes with L1Unstructured only")
+        if self.sharded and self.group is not None:
+            raise ValueError("pruneext: process_group is for lists of plain tensors; DTensor parameters use their mesh")
+        self.parameters, self.method, self.scores, self.masks = parameters, method, scores, masks
 
-    alive = sum(s.numel() if m is None else ops.count_alive(m) for s, m in zip(scores, masks))
-    k = checked_k(method.amount, alive)
-    new_masks = ops.l1_mask_global(scores, k, masks, among_alive=True)
+    def run(self):
+        parameters, method, scores, masks = self.parameters, self.method, self.scores, self.masks
+        if not methods._is_l1_unstructured(method):
+            return _global_by_concatenation(parameters, method, scores, masks)
+        new_masks = self._masks()
+        _install(parameters, new_masks)
 
-    # Every check is done and every mask computed: now change the modules.
+    def _masks(self):
+        k_of = lambda alive: checked_k(self.method.amount, alive)  # noqa: E731
+        if self.sharded:
+            return distributed.l1_masks_dtensor(self.scores, k_of, self.masks, among_alive=True)
+        if self.group is not None:
+            return distributed.l1_masks_across_ranks(self.scores, k_of, self.masks, True, self.group)
+        alive = sum(s.numel() if m is None else ops.count_alive(m) for s, m in zip(self.scores, self.masks))
+        return ops.l1_mask_global(self.scores, k_of(alive), self.masks, among_alive=True)
+
+
+def _install(parameters, new_masks):
+    """Every check is done and every mask computed: now change the modules."""
     done = set()
     for (module, name), mask in zip(parameters, new_masks):
         param = getattr(module, name)

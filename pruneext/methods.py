@@ -21,7 +21,7 @@ import weakref
 import torch
 from torch.nn.utils import prune as _torch_prune
 
-from . import ops
+from . import distributed, ops
 from ._amount import checked_k
 
 
@@ -62,10 +62,14 @@ class BasePruningMethod(_torch_prune.BasePruningMethod):
 
     @classmethod
     def apply(cls, module, name, *args, importance_scores=None, **kwargs):
-        _single_pruning_hook(module, name)  # torch checks this first
-        method = cls(*args, **kwargs)
-        method._tensor_name = name
-        plan = _PrunePlan(module, name, method)
+        # A sharded (DTensor) parameter: every process checks, then all
+        # agree, before the selection's collectives (pruneext.distributed).
+        with distributed.agreement(_comm_of(module, name)):
+            _single_pruning_hook(module, name)  # torch checks this first
+            method = cls(*args, **kwargs)
+            method._tensor_name = name
+            plan = _PrunePlan(module, name, method)
+            importance_scores = plan.check(importance_scores)
         plan.compute(importance_scores)
         plan.commit()
         return plan.method
@@ -123,16 +127,21 @@ class _PrunePlan:
     def first_time(self):
         return self.old_key is None
 
-    def compute(self, importance_scores=None):
+    def check(self, importance_scores=None):
+        """The checks that need no mask; returns the scores to rank."""
         orig = check_prunable(self.module, self.name)
-        if importance_scores is not None:
-            if importance_scores.shape != orig.shape:
-                raise AssertionError(
-                    f"importance_scores should have the same shape as parameter "
-                    f"{self.name} of {self.module}, got {importance_scores.shape} vs {orig.shape}"
-                )
-        else:
-            importance_scores = orig
+        if importance_scores is None:
+            return orig
+        if importance_scores.shape != orig.shape:
+            raise AssertionError(
+                f"importance_scores should have the same shape as parameter "
+                f"{self.name} of {self.module}, got {importance_scores.shape} vs {orig.shape}"
+            )
+        return importance_scores
+
+    def compute(self, importance_scores=None):
+        importance_scores = self.check(importance_scores)
+        orig = getattr(self.module, self.name)
         if self.first_time:
             self.mask = self.method.first_mask(importance_scores, orig)
         else:
@@ -172,6 +181,13 @@ class _PrunePlan:
 _MISSING = object()
 
 
+def _comm_of(module, name):
+    """The collectives of the parameter's mesh if it is a DTensor, else
+    None. Never raises: the checks it precedes report what is wrong."""
+    param = module._parameters.get(name + "_orig", module._parameters.get(name))
+    return distributed.comm_for_dtensors([param]) if distributed.is_dtensor(param) else None
+
+
 def _is_l1_unstructured(method):
     """L1 methods whose compute_mask is the plain L1 rule (ours or torch's,
     not a subclass that overrides it, nor one patched or mocked on the class
@@ -207,9 +223,14 @@ class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
         if _is_l1_unstructured(method):
             # The new method only sees the entries the mask left at 1, and a
             # float amount is a fraction of those.
-            alive = ops.count_alive(default_mask)
-            k = checked_k(method.amount, alive)
-            mask = ops.l1_mask(t, k, default_mask=default_mask, among_alive=True)
+            if distributed.is_dtensor(t):
+                (mask,) = distributed.l1_masks_dtensor(
+                    [t], lambda alive: checked_k(method.amount, alive), [default_mask], among_alive=True
+                )
+            else:
+                alive = ops.count_alive(default_mask)
+                k = checked_k(method.amount, alive)
+                mask = ops.l1_mask(t, k, default_mask=default_mask, among_alive=True)
             return mask.to(dtype=t.dtype)  # torch's container answers in t's dtype
         return super().compute_mask(t, default_mask.clone(memory_format=torch.contiguous_format))
 
@@ -218,14 +239,23 @@ class L1Unstructured(BasePruningMethod, _torch_prune.L1Unstructured):
     """Zero the `amount` entries of smallest |t| (ties: lowest flat index)."""
 
     def compute_mask(self, t, default_mask):
+        if distributed.is_dtensor(t):
+            (mask,) = distributed.l1_masks_dtensor([t], self._k_of, [default_mask])
+            return mask
         k = checked_k(self.amount, t.nelement())
         return ops.l1_mask(t, k, default_mask=default_mask)
 
     def first_mask(self, t, like):
         if not _is_l1_unstructured(self):  # a subclass with its own rule
             return super().first_mask(t, like)
+        if distributed.is_dtensor(t):
+            (mask,) = distributed.l1_masks_dtensor([t], self._k_of)
+            return mask.to(dtype=like.dtype)
         k = checked_k(self.amount, t.nelement())
         return ops.l1_mask(t, k).to(device=like.device, dtype=like.dtype)
+
+    def _k_of(self, n):
+        return checked_k(self.amount, n)
 
     @classmethod
     def apply(cls, module, name, amount, importance_scores=None):

@@ -76,7 +76,7 @@ def count_alive(mask):
     return int(torch.count_nonzero(mask == 1))
 
 
-def _common_dtype(tensors):
+def common_dtype(tensors):
     return functools.reduce(torch.promote_types, (t.dtype for t in tensors))
 
 
@@ -93,10 +93,10 @@ def _prepare_list(scores, default_masks, op):
     if len(devices) > 1:
         raise TypeError(f"{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
     # The kernels rank one key type and write one mask type per call.
-    score_dtype = _common_dtype(scores) if scores else None
+    score_dtype = common_dtype(scores) if scores else None
     scores = [s if s.dtype == score_dtype else s.to(score_dtype) for s in scores]
     given = [m for m in masks if m is not None]
-    mask_dtype = _common_dtype(given) if given else None
+    mask_dtype = common_dtype(given) if given else None
     masks = [m if m is None or m.dtype == mask_dtype else m.to(mask_dtype) for m in masks]
     return scores, masks, score_dtype, mask_dtype
 
@@ -127,18 +127,23 @@ class PhaseInput:
     score dtype (integers as their exact float copy), one mask dtype, and
     the backend that runs the phases."""
 
-    def __init__(self, scores, default_masks=None, among_alive=False):
+    def __init__(self, scores, default_masks=None, among_alive=False, dtype=None):
+        # dtype: the list's score dtype where this part of it may be empty
+        # (every process must run the passes of the same key width)
         scores, masks, score_dtype, mask_dtype = _prepare_list(scores, default_masks, "l1 phases")
+        score_dtype = score_dtype or dtype or torch.float32
+        if scores and dtype is not None and score_dtype != dtype:
+            scores = [s.to(dtype) for s in scores]
+            score_dtype = dtype
         device = scores[0].device if scores else torch.device("cpu")
-        backend = backends.resolve(device, score_dtype or torch.float32, mask_dtype, phases=True)
-        view = backends.INTEGER_SCORE_VIEWS.get(score_dtype)
-        if view is not None:
+        backend = backends.resolve(device, score_dtype, mask_dtype, phases=True)
+        view = backends.INTEGER_SCORE_VIEWS.get(score_dtype, score_dtype)
+        if view != score_dtype:
             if score_dtype == torch.int64 and not all(_exact_in_float64(s) for s in scores):
                 raise TypeError("int64 importance scores of magnitude above 2^53 cannot be ranked across processes")
             scores = [s.to(view) for s in scores]
         self.scores, self.masks, self.among_alive = scores, masks, bool(among_alive)
-        self.score_dtype = scores[0].dtype if scores else torch.float32
-        self.key_bits = KEY_BITS[self.score_dtype]
+        self.key_bits = KEY_BITS[view]
         self.result_dtype = score_dtype  # of a mask written without a default mask
         self.phases = backend.phases
 

@@ -1,0 +1,62 @@
+"""Sharded pruning across processes (gloo on localhost, 2 and 3 ranks),
+each result compared on every rank with the same model pruned in one
+process (see dist_scenarios.py). One spawned group per world size runs every
+scenario; a collective that hangs fails after its timeout, the whole run
+after RUN_TIMEOUT_S."""
+import pytest
+import torch
+
+import dist_scenarios as sc
+from dist_harness import run_on_ranks
+
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="torch.distributed with gloo is not available",
+)
+
+RUN_TIMEOUT_S = 600
+SCENARIOS = [
+    sc.l1_unstructured_tie_free,
+    sc.l1_unstructured_tied,
+    sc.global_tie_free_matches_torch,
+    sc.global_tied,
+    sc.wire_bytes_do_not_grow,
+    sc.process_group_lists,
+    sc.fault_on_one_rank,
+]
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}ranks")
+def ranks(request):
+    return run_on_ranks(SCENARIOS, request.param, timeout_s=RUN_TIMEOUT_S)
+
+
+def results(ranks, scenario):
+    """The scenario's result on every rank; fails with a rank's traceback."""
+    out = ranks[scenario.__name__]
+    for rank, (status, value) in enumerate(out):
+        assert status == "ok", f"rank {rank}:\n{value}"
+    return [value for _, value in out]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS[:4], ids=lambda f: f.__name__)
+def test_masks_equal_single_process(ranks, scenario):
+    assert all(results(ranks, scenario))
+
+
+def test_only_histograms_on_the_wire(ranks):
+    for small, large in results(ranks, sc.wire_bytes_do_not_grow):
+        # three fp32 digit histograms (2^12 + 2^11 + 2^8 int64 bins) and a
+        # few counts; none of it depends on the 64x larger model
+        assert small < 64 * 1024 and large < 64 * 1024
+        assert abs(large - small) <= 256
+
+
+def test_process_group_lists_rank_the_union(ranks):
+    messages = results(ranks, sc.process_group_lists)
+    assert all("should be smaller than the number of parameters to prune" in m for m in messages)
+
+
+def test_a_fault_on_one_rank_raises_on_every_rank(ranks):
+    for outcomes in results(ranks, sc.fault_on_one_rank):
+        assert dict(outcomes) == {"scores": "AssertionError", "amount": "ValueError", "global scores": "AssertionError"}
