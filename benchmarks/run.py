@@ -102,7 +102,7 @@ def parse_args(argv=None):
                    help="exactly this many timed repetitions of every call, fast or slow (warm-up apart)")
     p.add_argument("--profile", metavar="PATH",
                    help="after timing, profile one more call of each contender per case with "
-                        "torch.profiler and append its kernel table to PATH")
+                        "torch.profiler and append its kernel table to PATH (appended, never truncated)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON path (default benchmarks/results/<device>-<date>.json); "
                                  "plots go beside it")
@@ -378,7 +378,6 @@ def main(argv=None):
     }
     if args.profile:
         os.makedirs(os.path.dirname(os.path.abspath(args.profile)), exist_ok=True)
-        open(args.profile, "w").close()
     runner = Runner(contenders, policy, args.memory, device, args.seed, args.memory_jobs, args.profile)
     if sys.stderr.isatty():
         runner.status = lambda text: print(f"\r\033[K  ... {text}", end="", file=sys.stderr, flush=True)
