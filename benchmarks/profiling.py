@@ -5,8 +5,9 @@ On CUDA the profiler records CPU and CUDA activity and the table is sorted
 by device time (its "Self CUDA" columns list each kernel); on CPU it records
 CPU activity only (the operators, which is what the dry rehearsal of
 scripts/gpu_check.sh checks). The summary that goes into the benchmark row:
-the number of kernel launches and their total device time (CUDA), or the
-number of operator calls and their total self CPU time (CPU).
+the number of device-side operations (kernels, memcpys and memsets) and
+their total device time (CUDA), or the number of operator calls and their
+total self CPU time (CPU).
 """
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -42,18 +43,15 @@ def _on_device(event):
 
 
 def _device_us(event):
-    # torch renamed cuda_time to device_time; read whichever this torch has
-    for name in ("device_time", "self_device_time_total", "cuda_time"):
-        value = getattr(event, name, None)
-        if value is not None:
-            return value
-    return 0.0
+    # a device-side event's own span (kernel, memcpy, memset): the same on
+    # every torch, where the *_time properties were renamed over versions
+    return event.time_range.elapsed_us()
 
 
 def describe(summary):
     if "error" in summary:
         return f"profile failed: {summary['error']}"
     if summary["device"] == "cuda":
-        return (f"{summary['kernels']} kernel launches ({summary['distinct_kernels']} distinct), "
+        return (f"{summary['kernels']} kernels, memcpys, memsets ({summary['distinct_kernels']} distinct), "
                 f"{summary['kernel_time_s'] * 1e3:.3f} ms of device time")
     return f"{summary['ops']} operator calls, {summary['self_cpu_time_s'] * 1e3:.3f} ms of self CPU time"
