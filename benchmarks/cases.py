@@ -89,12 +89,18 @@ class Case:
     def label(self):
         return f"{self.mode} {self.size_label} {self.dtype} amount={self.amount:g} {self.device}"
 
+    def pre_pruned(self):
+        """Entries the iterative mode's first, untimed, prune zeroes (0 elsewhere)."""
+        return round(ITERATIVE_PRE_AMOUNT * self.size) if self.mode == "iterative" else 0
+
+    def op_k(self):
+        """The k of the mask op: entries to prune among those still alive
+        (torch's round(amount * alive), as L1Unstructured computes it)."""
+        return round(self.amount * (self.size - self.pre_pruned()))
+
     def expected_pruned(self):
         """How many entries torch.nn.utils.prune zeroes (in total) for this case."""
-        if self.mode == "iterative":
-            first = round(ITERATIVE_PRE_AMOUNT * self.size)
-            return first + round(self.amount * (self.size - first))
-        return round(self.amount * self.size)
+        return self.pre_pruned() + self.op_k()
 
     def small(self):
         """A tiny case on the same code path (mode, dtype, device): the warm-up."""
@@ -195,6 +201,29 @@ def preset(name, device):
     return Plan(sizes=[2**16, 2**20, 2**24], dtypes=all_dtypes, amounts=amounts, modes=list(MODES),
                 models=["small-llama", "16xlinear2048"], amount_sweep_max_size=2**20,
                 models_all_dtypes=["small-llama"], iterative_sizes=[2**16, 2**20, 2**22], iterative_amounts=[0.5])
+
+
+# The GPU probe of issue 11 (scripts/gpu_check.sh second): the cases its
+# targets name, at PROBE_SIZE elements and on the LLaMA-7B-shaped list.
+PROBE_SIZE = 2**28
+
+
+def probe_cases(device, size=None, model=None):
+    """single `size` float32 at 0.5 and 0.9, single bfloat16 at 0.5,
+    iterative float32 at 0.5 (a second 0.5 on a 50 % mask), global `model`
+    bfloat16 at 0.5. Defaults: 2^28 elements and llama-7b (on CPU, where
+    llama-7b is not measured, small-llama)."""
+    size = size or PROBE_SIZE
+    model = model or ("llama-7b" if device == "cuda" else "small-llama")
+    if model in GPU_ONLY_MODELS and device != "cuda":
+        raise ValueError(f"model {model!r} is measured on CUDA only")
+    return [
+        Case("single", "float32", 0.5, device, size),
+        Case("single", "float32", 0.9, device, size),
+        Case("single", "bfloat16", 0.5, device, size),
+        Case("iterative", "float32", 0.5, device, size),
+        Case("global", "bfloat16", 0.5, device, model_numel(model), model),
+    ]
 
 
 def build_cases(plan, device, llama=False):

@@ -14,6 +14,23 @@ one call only:
                    (torch, cpu, cuda, triton). pruneext-torch is pruneext's
                    pure-PyTorch oracle backend.
 
+Op level (`--ops`), the mask op alone, no module, no hook, no apply_mask:
+
+  op-topk          torch's own mask path: what torch.nn.utils.prune computes
+                   inside l1_unstructured / iterative pruning /
+                   global_unstructured (L1Unstructured.compute_mask, through
+                   a PruningContainer for iterative; global: the
+                   parameters_to_vector concatenations, then the same), on
+                   default masks of ones built outside the clock (as the
+                   module path builds them before its compute_mask): the
+                   reference of the op-level speedups.
+  op-<name>        the backend's mask op itself, torch.ops.pruneext.l1_mask /
+                   l1_mask_global for cpu and cuda (their Triton and torch
+                   counterparts for the others), resolved once by
+                   pruneext.use_backend(<name>) outside the clock: one call
+                   with k, no default mask (iterative: the 50 % mask and
+                   among_alive=True), which returns the new mask.
+
 Each repetition prunes a fresh module ("holder") that shares the case's
 Parameter: pruning never writes the parameter's values, so sharing it keeps
 the inputs identical while making only the pruning call's own allocations.
@@ -29,6 +46,7 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 import pruneext
+from pruneext import backends
 
 from .cases import ITERATIVE_PRE_AMOUNT
 
@@ -56,17 +74,21 @@ def make_premask(param):
 
 
 class _State:
-    __slots__ = ("case", "holders", "k", "x", "mask")
+    __slots__ = ("case", "holders", "k", "x", "mask", "fn", "default")
 
-    def __init__(self, case, holders=None, k=None, x=None):
+    def __init__(self, case, holders=None, k=None, x=None, fn=None, default=None):
         self.case, self.holders, self.k, self.x, self.mask = case, holders, k, x, None
+        self.fn, self.default = fn, default
 
 
-class ModuleContender:
-    """torch.nn.utils.prune or pruneext (with a backend) pruning modules."""
+class _BackendContender:
+    """What a contender on a pruneext backend (or on none: torch) shares:
+    which cases it gets a row for, and which it refuses."""
 
-    def __init__(self, name, lib, backend=None, explicit=False):
-        self.name, self.lib, self.backend, self.explicit = name, lib, backend, explicit
+    level = "module"
+    reference = "torch.prune"  # whose median the speedups divide
+    backend = None
+    explicit = False
 
     @property
     def is_pruneext(self):
@@ -101,6 +123,13 @@ class ModuleContender:
             return str(e)
         return None
 
+
+class ModuleContender(_BackendContender):
+    """torch.nn.utils.prune or pruneext (with a backend) pruning modules."""
+
+    def __init__(self, name, lib, backend=None, explicit=False):
+        self.name, self.lib, self.backend, self.explicit = name, lib, backend, explicit
+
     def setup(self, case, inputs):
         holders = [Holder(p) for p in inputs.params]
         if case.mode == "iterative":
@@ -133,6 +162,8 @@ class KthvalueContender:
 
     name = "kthvalue"
     is_pruneext = False
+    level = "module"
+    reference = "torch.prune"
     modes = ("single",)
 
     def applies_to(self, case):
@@ -157,25 +188,101 @@ class KthvalueContender:
         return [state.mask]
 
 
+class OpContender(_BackendContender):
+    """A pruneext backend's mask op, called directly (op level)."""
+
+    level = "op"
+    reference = "op-topk"
+
+    def __init__(self, name, backend, explicit=False):
+        self.name, self.backend, self.explicit = name, backend, explicit
+
+    def setup(self, case, inputs):
+        xs = [p.detach() for p in inputs.params]
+        default = inputs.premask
+        with pruneext.use_backend(self.backend):
+            chosen = backends.resolve(case.device, case.torch_dtype, None if default is None else default.dtype)
+        if case.mode == "global":
+            return _State(case, k=case.op_k(), x=xs, fn=chosen.l1_mask_global, default=[None] * len(xs))
+        return _State(case, k=case.op_k(), x=xs[0], fn=chosen.l1_mask, default=default)
+
+    def call(self, state):
+        if state.case.mode == "global":
+            state.mask = state.fn(state.x, state.k, state.default, False)
+        else:
+            state.mask = [state.fn(state.x, state.k, state.default, state.default is not None)]
+
+    def masks(self, state):
+        return state.mask
+
+
+class TopkPathContender(_BackendContender):
+    """torch.nn.utils.prune's own mask computation, without the module."""
+
+    name = "op-topk"
+    level = "op"
+    reference = "op-topk"
+
+    def setup(self, case, inputs):
+        method = torch_prune.L1Unstructured(amount=case.amount)
+        xs = [p.detach() for p in inputs.params]
+        if case.mode == "global":
+            # global_unstructured's container and its default masks (ones)
+            method._tensor_name = "temp"
+            container = torch_prune.PruningContainer(method)
+            return _State(case, x=xs, fn=container.compute_mask, default=[torch.ones_like(x) for x in xs])
+        if case.mode == "iterative":
+            # the PruningContainer path; its compute_mask writes into the mask
+            method._tensor_name = "weight"
+            container = torch_prune.PruningContainer(method)
+            return _State(case, x=xs[0], fn=container.compute_mask, default=inputs.premask.clone())
+        return _State(case, x=xs[0], fn=method.compute_mask, default=torch.ones_like(xs[0]))
+
+    def call(self, state):
+        if state.case.mode != "global":
+            state.mask = [state.fn(state.x, state.default)]
+            return
+        vector = torch.nn.utils.parameters_to_vector
+        flat = state.fn(vector(state.x), vector(state.default))
+        masks, start = [], 0
+        for x in state.x:
+            masks.append(flat[start:start + x.numel()].view_as(x))
+            start += x.numel()
+        state.mask = masks
+
+    def masks(self, state):
+        return state.mask
+
+
 PRUNEEXT_ORDER = ("torch", "cpu", "cuda", "triton")  # the oracle first: the set check's reference
 
 
 def all_names():
-    return ["torch.prune", "kthvalue"] + [f"pruneext-{b}" for b in PRUNEEXT_ORDER]
+    return (["torch.prune", "kthvalue"] + [f"pruneext-{b}" for b in PRUNEEXT_ORDER]
+            + ["op-topk"] + [f"op-{b}" for b in PRUNEEXT_ORDER])
 
 
-_ALIASES = {"torch": "torch.prune", "topk": "torch.prune", "kth": "kthvalue",
-            **{b: f"pruneext-{b}" for b in ("cpu", "cuda", "triton")}}
+# Short names, per level (full names of either level are accepted in both).
+_ALIASES = {
+    "module": {"torch": "torch.prune", "topk": "torch.prune", "kth": "kthvalue",
+               **{b: f"pruneext-{b}" for b in ("cpu", "cuda", "triton")}},
+    "op": {"torch": "op-topk", "topk": "op-topk", **{b: f"op-{b}" for b in ("cpu", "cuda", "triton")}},
+}
+_PREFIX = {"module": "pruneext-", "op": "op-"}
 
 
-def select(spec=None):
-    """Contenders named by `spec` (a comma list; None: all available).
-    'pruneext' names every available pruneext backend; 'cpu', 'cuda',
-    'triton' are short for pruneext-<name>; 'torch' is torch.nn.utils.prune
-    (pruneext's torch backend is 'pruneext-torch')."""
+def select(spec=None, level="module"):
+    """Contenders named by `spec` (a comma list; None: all available of
+    `level`, "module" or "op"). 'pruneext' names every available pruneext
+    backend of the level; 'cpu', 'cuda', 'triton' are short for
+    pruneext-<name> (op level: op-<name>); 'torch' is torch.nn.utils.prune
+    (op level: op-topk; pruneext's torch backend is 'pruneext-torch' /
+    'op-torch')."""
     available = set(pruneext.available_backends())
+    mine = [f"{_PREFIX[level]}{b}" for b in PRUNEEXT_ORDER if b in available]
     if spec is None:
-        names, explicit = ["torch.prune", "kthvalue"] + [f"pruneext-{b}" for b in PRUNEEXT_ORDER if b in available], False
+        names = (["torch.prune", "kthvalue"] if level == "module" else ["op-topk"]) + mine
+        explicit = False
     else:
         names, explicit = [], True
         for raw in spec.split(","):
@@ -183,9 +290,9 @@ def select(spec=None):
             if not item:
                 continue
             if item == "pruneext":
-                names += [f"pruneext-{b}" for b in PRUNEEXT_ORDER if b in available]
+                names += mine
                 continue
-            item = _ALIASES.get(item, item)
+            item = _ALIASES[level].get(item, item)
             if item not in all_names():
                 raise ValueError(f"unknown contender {raw!r}; choose from {', '.join(all_names())}, pruneext")
             names.append(item)
@@ -196,6 +303,10 @@ def select(spec=None):
             out.append(ModuleContender(name, torch_prune))
         elif name == "kthvalue":
             out.append(KthvalueContender())
+        elif name == "op-topk":
+            out.append(TopkPathContender())
+        elif name.startswith("op-"):
+            out.append(OpContender(name, backend=name.split("-", 1)[1], explicit=explicit))
         else:
             out.append(ModuleContender(name, pruneext, backend=name.split("-", 1)[1], explicit=explicit))
     return out

@@ -19,6 +19,22 @@ Presets (flags below refine them):
            exercises every contender and mode (< 30 s on a CPU)
   --full   sizes 2^16 to 2^26 on CPU (2^30 on CUDA) in steps of 4x, every
            dtype and amount, bigger models, more repetitions
+  --probe  the GPU probe's cases (scripts/gpu_check.sh second): single 2^28
+           float32 at 0.5 and 0.9, single 2^28 bfloat16 at 0.5, iterative
+           2^28 float32 at 0.5, global llama-7b bfloat16 at 0.5 (on CPU:
+           small-llama); --sizes (its first), --models (its first) and
+           --modes refine it
+
+Levels:
+  default  the module calls torch.nn.utils.prune users make
+           (l1_unstructured, global_unstructured: mask, buffers, the masked
+           weight, the hook), against torch.prune
+  --ops    the mask ops alone (op-<backend>: torch.ops.pruneext.l1_mask /
+           l1_mask_global per backend), against op-topk (torch's topk mask
+           path); the floor is what the op moves: read the scores and write
+           the mask once (fp32 8 N bytes, bf16 4 N; iterative reads the old
+           mask too), and xfloor says how far each op is from it at the copy
+           bandwidth measured in the same run
 
 Exit status: 0; 1 when a contender pruned a different number of entries (or
 a pruneext backend a different set) than expected; 2 on bad arguments.
@@ -33,7 +49,7 @@ import traceback
 import torch
 
 from . import cases as cases_mod
-from . import checks, contenders as contenders_mod, machine, memory, report, timing
+from . import checks, contenders as contenders_mod, machine, memory, profiling, report, timing
 
 _BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -55,6 +71,9 @@ def parse_args(argv=None):
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny smoke run (< 30 s on a CPU)")
     size.add_argument("--full", action="store_true", help="bigger sweep")
+    size.add_argument("--probe", action="store_true", help="the GPU probe's cases (issue 11; see below)")
+    p.add_argument("--ops", action="store_true",
+                   help="op level: time the mask ops themselves (no module, no apply_mask), against op-topk")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when available (default)")
     p.add_argument("--sizes", type=_csv(cases_mod.parse_size),
@@ -67,7 +86,8 @@ def parse_args(argv=None):
     p.add_argument("--contenders",
                    help="comma list: torch.prune (or torch), kthvalue, pruneext (all backends), "
                         "pruneext-torch, pruneext-cpu (or cpu), pruneext-cuda (cuda), pruneext-triton (triton); "
-                        "default: all available")
+                        "with --ops: op-topk (or torch), pruneext (all backends), op-torch, op-cpu (or cpu), "
+                        "op-cuda (cuda), op-triton (triton); default: all available")
     p.add_argument("--llama", action="store_true",
                    help="add the LLaMA-7B-shaped bfloat16 global case (CUDA only; 13.5 GB of parameters)")
     p.add_argument("--memory", choices=["auto", "all", "none"], default="auto",
@@ -78,6 +98,11 @@ def parse_args(argv=None):
     p.add_argument("--budget", type=float, help="seconds of repetitions per fast measurement")
     p.add_argument("--min-reps", type=int, help="repetitions of a fast call, at least")
     p.add_argument("--max-reps", type=int, help="repetitions of a fast call, at most")
+    p.add_argument("--reps", type=int,
+                   help="exactly this many timed repetitions of every call, fast or slow (warm-up apart)")
+    p.add_argument("--profile", metavar="PATH",
+                   help="after timing, profile one more call of each contender per case with "
+                        "torch.profiler and append its kernel table to PATH (appended, never truncated)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="JSON path (default benchmarks/results/<device>-<date>.json); "
                                  "plots go beside it")
@@ -93,12 +118,21 @@ def parse_args(argv=None):
             p.error(f"unknown model(s) {bad}; choose from {', '.join(cases_mod.MODELS)}")
     if args.amounts and any(not 0 <= a <= 1 for a in args.amounts):
         p.error("amounts are fractions in [0, 1]")
+    if args.reps is not None and args.reps < 1:
+        p.error("--reps takes a positive count")
+    if args.probe and (args.dtypes or args.amounts):
+        p.error("--probe fixes the dtypes and amounts (refine it with --sizes, --models, --modes)")
     return p, args
 
 
+def _probe_cases(args, device):
+    cases = cases_mod.probe_cases(device, size=(args.sizes or [None])[0], model=(args.models or [None])[0])
+    return [c for c in cases if not args.modes or c.mode in args.modes]
+
+
 def _plan(args, device):
-    preset = "quick" if args.quick else "full" if args.full else "default"
-    plan = cases_mod.preset(preset, device)
+    preset = "quick" if args.quick else "full" if args.full else "probe" if args.probe else "default"
+    plan = cases_mod.preset("default" if args.probe else preset, device)
     if args.sizes:
         plan.sizes, plan.iterative_sizes, plan.amount_sweep_max_size = args.sizes, None, None
     if args.dtypes:
@@ -120,6 +154,9 @@ def _plan(args, device):
         policy.min_reps = args.min_reps
     if args.max_reps is not None:
         policy.max_reps = args.max_reps
+    if args.reps is not None:
+        policy.min_reps = policy.max_reps = policy.slow_reps = args.reps
+        policy.slow_budget_s = 1e9  # no budget: the count is the count
     return preset, plan, policy
 
 
@@ -140,8 +177,9 @@ def _free(device):
 class Runner:
     """Runs the contenders on the cases, one case at a time."""
 
-    def __init__(self, contenders, policy, memory_mode, device, seed, memory_jobs=None):
+    def __init__(self, contenders, policy, memory_mode, device, seed, memory_jobs=None, profile=None):
         self.contenders, self.policy, self.memory_mode = contenders, policy, memory_mode
+        self.profile = profile  # a path: one profiled call per contender and case, its table appended there
         self.memory_jobs = memory_jobs
         self.status = lambda text: None  # where "now timing X" goes (a TTY's status line)
         self.device, self.seed = device, seed
@@ -180,15 +218,16 @@ class Runner:
         copy_gbps = 2 * case.param_bytes / copy.median_s / 1e9
         expected = case.expected_pruned()
         cpu_memory = self.device != "cuda" and self._wants_memory(case)
-        torch_median = reference = None
+        medians, reference = {}, None  # medians: of the contenders that are a reference
         rows = []
         for contender in self.contenders:
             if not contender.applies_to(case):
                 continue
             row = {
                 "case_label": case.label, **case.to_dict(), "size_label": case.size_label,
-                "param_bytes": case.param_bytes, "floor_bytes": report.floor_bytes(case),
-                "contender": contender.name, "status": "ok", "note": None,
+                "param_bytes": case.param_bytes, "level": contender.level,
+                "floor_bytes": report.floor_bytes(case, contender.level),
+                "contender": contender.name, "reference": contender.reference, "status": "ok", "note": None,
                 "clone_s": clone.median_s, "clone_min_s": min(clone.times_s), "copy_s": copy.median_s,
                 "copy_min_s": min(copy.times_s), "copy_gbps": copy_gbps,
                 "expected": expected,
@@ -206,16 +245,20 @@ class Runner:
                     row.update(status="error", note=f"{type(e).__name__}: {first_line}",
                                traceback=traceback.format_exc(limit=4))
             if row["status"] == "ok":
-                if contender.name == "torch.prune":
-                    torch_median = row["median_s"]
+                if contender.name == contender.reference:
+                    medians[contender.name] = row["median_s"]
                 if contender.is_pruneext and reference is None:
                     reference = row["digest"]
                 ok, text = checks.verdict(contender, row["digest"], expected, reference)
                 row.update(check_ok=ok, check=text, pruned=checks.pruned(row["digest"]))
-                row["speedup"] = torch_median / row["median_s"] if torch_median else None
+                ref_median = medians.get(contender.reference)
+                row["speedup"] = ref_median / row["median_s"] if ref_median else None
                 row["gbps"] = row["floor_bytes"] / row["median_s"] / 1e9
                 row["frac_copy"] = row["gbps"] / copy_gbps if copy_gbps else None
+                row["x_floor"] = 1 / row["frac_copy"] if row["frac_copy"] else None
                 row["x_clone"] = row["median_s"] / clone.median_s if clone.median_s else None
+                if self.profile:
+                    row["profile"] = self._profile(contender, case, inputs)
                 if case.mode != "global":
                     row.pop("digest")  # one tensor: its count says it all
             _free(self.device)
@@ -237,6 +280,20 @@ class Runner:
                     row.update(peak_extra_bytes=mem["peak_extra_bytes"],
                                peak_extra_ratio=mem["peak_extra_bytes"] / case.param_bytes, memory_detail=mem)
             yield from rows
+
+    def _profile(self, contender, case, inputs):
+        """One more call under torch.profiler; its kernel table goes to
+        self.profile, the kernel count and device time into the row."""
+        try:
+            state = contender.setup(case, inputs)
+            self.clock.sync()
+            table, summary = profiling.profile_call(contender.call, state, self.device)
+            del state
+        except Exception as e:  # the profile is an extra: a failure is noted, the row stands
+            return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        with open(self.profile, "a") as f:
+            f.write(f"== {case.label}  {contender.name}: {profiling.describe(summary)}\n{table}\n\n")
+        return summary
 
     def _measure(self, contender, case, inputs):
         out = {"peak_extra_bytes": None, "peak_extra_ratio": None, "memory_note": None}
@@ -278,18 +335,25 @@ def main(argv=None):
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     preset, plan, policy = _plan(args, device)
+    level = "op" if args.ops else "module"
     try:
-        contenders = contenders_mod.select(args.contenders)
+        contenders = contenders_mod.select(args.contenders, level)
     except ValueError as e:
         parser.error(str(e))
-    cases = cases_mod.build_cases(plan, device, llama=args.llama)
+    if args.probe:
+        try:
+            cases = _probe_cases(args, device)
+        except ValueError as e:
+            parser.error(str(e))
+    else:
+        cases = cases_mod.build_cases(plan, device, llama=args.llama)
     if args.llama and device != "cuda":
         print("note: --llama needs a CUDA device; the LLaMA-7B case is left out on CPU")
     out = args.out or _default_out(device)
 
     info = machine.info()
     command = machine.command_line()
-    print(f"pruneext benchmark: {preset} preset on {device} "
+    print(f"pruneext benchmark: {preset} preset, {level} level, on {device} "
           f"({info['gpu']['name'] if device == 'cuda' else info['cpu_model']}, {info['cpu_count']} CPUs, "
           f"torch {info['torch']}, {info['torch_threads']} threads)")
     print(f"contenders: {', '.join(c.name for c in contenders)}; pruneext backends here: "
@@ -297,7 +361,7 @@ def main(argv=None):
     print(f"{len(cases)} cases; timing: {'CUDA events' if device == 'cuda' else 'time.perf_counter'}, "
           f"median of repetitions (budget {policy.budget_s:g} s each, min {policy.min_reps}; "
           f"calls over {policy.slow_s:g} s: up to {policy.slow_reps} reps, no extra warm-up)")
-    print(report.legend())
+    print(report.legend(level))
     print()
     prefix_width = len(f"[{len(cases)}/{len(cases)}] ")
     print(" " * prefix_width + report.header(), flush=True)
@@ -306,12 +370,15 @@ def main(argv=None):
         "schema": 1, "command": command, "argv": sys.argv[1:], "preset": preset, "device": device,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "machine": info,
-        "settings": {"plan": vars(plan), "policy": vars(policy), "memory": args.memory, "seed": args.seed,
-                     "contenders": [c.name for c in contenders]},
+        "settings": {"plan": None if args.probe else vars(plan), "policy": vars(policy), "memory": args.memory,
+                     "seed": args.seed, "level": level, "contenders": [c.name for c in contenders],
+                     "cases": [c.label for c in cases]},
         "definitions": report.DEFINITIONS,
         "rows": [],
     }
-    runner = Runner(contenders, policy, args.memory, device, args.seed, args.memory_jobs)
+    if args.profile:
+        os.makedirs(os.path.dirname(os.path.abspath(args.profile)), exist_ok=True)
+    runner = Runner(contenders, policy, args.memory, device, args.seed, args.memory_jobs, args.profile)
     if sys.stderr.isatty():
         runner.status = lambda text: print(f"\r\033[K  ... {text}", end="", file=sys.stderr, flush=True)
     status = 0
