@@ -21,7 +21,7 @@ import weakref
 import torch
 from torch.nn.utils import prune as _torch_prune
 
-from . import distributed, ops
+from . import _fsdp, distributed, ops
 from ._amount import checked_k
 
 
@@ -86,7 +86,8 @@ class BasePruningMethod(_torch_prune.BasePruningMethod):
     # detached copy of it into the memo, and deepcopy uses that. The copy's
     # own hook recomputes the attribute (with autograd) at its first forward.
     def apply_mask(self, module):
-        pruned = super().apply_mask(module)
+        assert self._tensor_name is not None, f"Module {module} has to be pruned"  # torch's check
+        pruned = _fsdp.apply_mask(self, module)  # orig * mask, as torch's (an FSDP2 forward: the whole mask)
         self._pruned_ref = weakref.ref(pruned)
         return pruned
 
@@ -157,14 +158,19 @@ class _PrunePlan:
         saved_parameters = dict(module._parameters)
         saved_buffers = dict(module._buffers)
         saved_attribute = module.__dict__.get(name, _MISSING)
+        renamed = False
         try:
             if self.first_time:
                 orig = getattr(module, name)
                 module.register_parameter(name + "_orig", orig)
                 del module._parameters[name]
+                # FSDP2 must swap the parameter under its new name
+                renamed = distributed.is_dtensor(orig) and _fsdp.rename(module, name, name + "_orig")
             module.register_buffer(name + "_mask", mask)
             setattr(module, name, self.method.apply_mask(module))
         except Exception:
+            if renamed:
+                _fsdp.rename(module, name + "_orig", name)
             module._parameters.clear()
             module._parameters.update(saved_parameters)
             module._buffers.clear()

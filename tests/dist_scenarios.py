@@ -193,3 +193,96 @@ def fault_on_one_rank(rank, world_size):
             outcomes.append((fault, type(e).__name__))
         assert dict(m._parameters) == before and not hasattr(m, "weight_mask"), f"{fault}: the module changed"
     return outcomes
+
+
+def _twin_mlps(seed):
+    """Two identical MLPs with heavily tied weights (one to shard)."""
+    def build():
+        torch.manual_seed(seed)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 7), torch.nn.ReLU(), torch.nn.Linear(7, 5))
+        with torch.no_grad():
+            for i, p in enumerate(model.parameters()):
+                p.copy_(_tied(tuple(p.shape), seed=seed + i))
+        return model
+
+    return build(), build()
+
+
+def _fully_shard(model, mesh):
+    from torch.distributed.fsdp import fully_shard
+
+    for m in model:
+        if isinstance(m, torch.nn.Linear):
+            fully_shard(m, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def _full(t):
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def fsdp2_prune_and_train(rank, world_size):
+    """FSDP2: global pruning equals the one-process masks; forward,
+    backward and SGD steps then match the unsharded model, and the effective
+    weights stay zero where the masks are."""
+    mesh = _mesh(world_size)
+    sharded, plain = _twin_mlps(seed=40)
+    _fully_shard(sharded, mesh)
+    for model in (sharded, plain):
+        params = [(model[0], "weight"), (model[2], "weight"), (model[2], "bias")]
+        prune.global_unstructured(params, prune.L1Unstructured, amount=0.5)
+        prune.l1_unstructured(model[0], "bias", 3)
+    for a, b in ((sharded[0], plain[0]), (sharded[2], plain[2])):
+        for name in ("weight_mask", "bias_mask"):
+            if hasattr(b, name):
+                assert isinstance(getattr(a, name), DTensor), name
+                assert torch.equal(_full(getattr(a, name)), getattr(b, name)), name
+    opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01) for m in (sharded, plain)]
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        x = torch.randn(6, 8, generator=g)  # the same batch on every rank: FSDP2's mean is the batch's gradient
+        for model, opt in zip((sharded, plain), opts):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for a, b in ((sharded[0], plain[0]), (sharded[2], plain[2])):
+        for name in ("weight", "bias"):
+            orig, mask = _full(getattr(a, name + "_orig")), _full(getattr(a, name + "_mask"))
+            torch.testing.assert_close(orig * mask, getattr(b, name + "_orig") * getattr(b, name + "_mask"))
+            assert torch.all((orig * mask)[mask == 0] == 0)
+    keys = sorted(sharded.state_dict())
+    assert "0.weight_orig" in keys and "0.weight_mask" in keys and "0.weight" not in keys, keys
+    return keys
+
+
+def fsdp2_checkpoint_round_trip(rank, world_size):
+    """torch.distributed.checkpoint saves and loads the sharded masks."""
+    import os
+    import shutil
+    import tempfile
+
+    import torch.distributed.checkpoint as dcp
+
+    mesh = _mesh(world_size)
+    path = os.path.join(tempfile.gettempdir(), f"pruneext-dcp-{os.getppid()}-{world_size}")
+    source, _ = _twin_mlps(seed=50)
+    _fully_shard(source, mesh)
+    prune.global_unstructured([(source[0], "weight"), (source[2], "weight")], prune.L1Unstructured, amount=0.6)
+    dcp.save(source.state_dict(), checkpoint_id=path)
+    target, _ = _twin_mlps(seed=51)
+    _fully_shard(target, mesh)
+    for m in (target[0], target[2]):
+        prune.identity(m, "weight")  # the same keys, all-ones masks
+    state = target.state_dict()
+    dcp.load(state, checkpoint_id=path)
+    target.load_state_dict(state)
+    for a, b in ((source[0], target[0]), (source[2], target[2])):
+        assert torch.equal(_full(a.weight_mask), _full(b.weight_mask))
+        assert torch.equal(_full(a.weight_orig), _full(b.weight_orig))
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(source(x), target(x))
+    dist.barrier()
+    if rank == 0:
+        shutil.rmtree(path, ignore_errors=True)
+    return True

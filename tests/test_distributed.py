@@ -23,6 +23,8 @@ SCENARIOS = [
     sc.wire_bytes_do_not_grow,
     sc.process_group_lists,
     sc.fault_on_one_rank,
+    sc.fsdp2_prune_and_train,
+    sc.fsdp2_checkpoint_round_trip,
 ]
 
 
@@ -60,3 +62,13 @@ def test_process_group_lists_rank_the_union(ranks):
 def test_a_fault_on_one_rank_raises_on_every_rank(ranks):
     for outcomes in results(ranks, sc.fault_on_one_rank):
         assert dict(outcomes) == {"scores": "AssertionError", "amount": "ValueError", "global scores": "AssertionError"}
+
+
+def test_fsdp2_trains_pruned_and_keeps_torchs_state(ranks):
+    for keys in results(ranks, sc.fsdp2_prune_and_train):
+        assert keys == ["0.bias_mask", "0.bias_orig", "0.weight_mask", "0.weight_orig",
+                        "2.bias_mask", "2.bias_orig", "2.weight_mask", "2.weight_orig"]
+
+
+def test_fsdp2_masks_survive_a_distributed_checkpoint(ranks):
+    assert all(results(ranks, sc.fsdp2_checkpoint_round_trip))
