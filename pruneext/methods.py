@@ -91,6 +91,23 @@ class BasePruningMethod(_torch_prune.BasePruningMethod):
         self._pruned_ref = weakref.ref(pruned)
         return pruned
 
+    def remove(self, module):
+        """torch's remove; a sharded (DTensor) parameter is masked in place,
+        so FSDP2's storage stays the parameter's, and FSDP2 swaps it under
+        its own name again."""
+        name = self._tensor_name
+        orig = module._parameters.get(f"{name}_orig") if name is not None else None
+        if not distributed.is_dtensor(orig):
+            return super().remove(module)
+        weight = self.apply_mask(module)
+        with torch.no_grad():
+            orig.to_local().copy_(weight.to_local())
+        module.__dict__.pop(name, None)
+        del module._parameters[name + "_orig"]
+        del module._buffers[name + "_mask"]
+        module.register_parameter(name, orig)
+        _fsdp.rename(module, name + "_orig", name)
+
     def __deepcopy__(self, memo):
         ref = self.__dict__.get("_pruned_ref")
         pruned = ref() if ref is not None else None

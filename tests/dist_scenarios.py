@@ -253,6 +253,16 @@ def fsdp2_prune_and_train(rank, world_size):
             assert torch.all((orig * mask)[mask == 0] == 0)
     keys = sorted(sharded.state_dict())
     assert "0.weight_orig" in keys and "0.weight_mask" in keys and "0.weight" not in keys, keys
+    # remove makes the pruning permanent; FSDP2 trains the parameter again
+    for model in (sharded, plain):
+        prune.remove(model[0], "weight")
+    assert isinstance(sharded[0].weight, DTensor) and "weight_orig" not in dict(sharded[0].named_parameters())
+    torch.testing.assert_close(_full(sharded[0].weight), plain[0].weight)
+    for model, opt in zip((sharded, plain), opts):
+        opt.zero_grad()
+        model(x).square().sum().backward()
+        opt.step()
+    torch.testing.assert_close(_full(sharded[0].weight), plain[0].weight)
     return keys
 
 
