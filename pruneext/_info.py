@@ -21,6 +21,8 @@ def build_info():
         "running_cuda": torch.version.cuda,
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "backends": backends.available_backends(),
+        # the backends that also have the selection's phase ops (sharded pruning)
+        "backends_with_phases": [n for n in backends.available_backends() if backends._registry[n].phases],
         "unavailable_backends": backends.unavailable_backends(),
         "backend_in_force": backends.get_backend(),
     }

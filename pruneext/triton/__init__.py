@@ -18,7 +18,7 @@ except Exception as e:  # ImportError, or a Triton that does not match this torc
     backends.mark_unavailable("triton", f"triton is not importable ({type(e).__name__}: {e})")
     raise ImportError(f"pruneext.triton: triton is not importable: {e}") from e
 
-from . import ops  # noqa: E402  (registers the torch ops)
+from . import ops, phases  # noqa: E402  (registers the torch ops)
 from .keys import KEY_PLANS, MASK_BITS  # noqa: E402
 from .select import INTERPRET  # noqa: E402
 
@@ -33,6 +33,7 @@ if torch.cuda.is_available() or INTERPRET:
             l1_mask_global=ops.l1_mask_global,
             score_dtypes=frozenset(KEY_PLANS),
             mask_dtypes=frozenset(MASK_BITS),
+            phases=backends.Phases(phases.key_histogram, phases.count_equal, phases.mask_write),
         )
     )
 else:

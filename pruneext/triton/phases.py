@@ -1,0 +1,174 @@
+"""The selection's phase ops on Triton (semantics: csrc/ops.cpp), for
+pruneext.select_loop: a digit histogram, per-tensor counts of keys equal to
+a threshold, and the mask write with per-tensor tie budgets.
+
+Eager functions, one launch per tensor and pass: the loop that calls them
+(sharded pruning) waits on a collective after each pass anyway. Offsets are
+int64. The mask write zeroes the first `budget` ties of a tensor in flat
+order: per-block tie counts, their exclusive scan (a device cumsum, no host
+sync) and a cumsum inside each block give every tie its rank.
+"""
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+from .keys import KEY_PLANS, MASK_BITS, magnitude_key
+
+BLOCK = 1024
+
+
+@triton.jit
+def _keys(bits_ptr, prev_ptr, offs, n, ONE, FILTER: tl.constexpr, ABS_MASK: tl.constexpr,
+          INF_BITS: tl.constexpr, WIDE: tl.constexpr):
+    """Keys of the block and which of its entries are alive."""
+    inside = offs < n
+    key = magnitude_key(tl.load(bits_ptr + offs, mask=inside, other=0), ABS_MASK, INF_BITS, WIDE).to(tl.int64)
+    live = inside
+    if FILTER:
+        live = live & (tl.load(prev_ptr + offs, mask=inside, other=0) == ONE)
+    return key, live
+
+
+@triton.jit
+def histogram_kernel(bits_ptr, prev_ptr, hist_ptr, n, prefix, ONE, SHIFT: tl.constexpr, BITS: tl.constexpr,
+                     FILTER: tl.constexpr, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    key, live = _keys(bits_ptr, prev_ptr, offs, n, ONE, FILTER, ABS_MASK, INF_BITS, WIDE)
+    take = live & ((key >> (SHIFT + BITS)) == prefix)
+    digit = (key >> SHIFT) & ((1 << BITS) - 1)
+    tl.atomic_add(hist_ptr + digit, take.to(tl.int64), mask=take)
+
+
+@triton.jit
+def count_equal_kernel(bits_ptr, prev_ptr, out_ptr, n, threshold, ONE, FILTER: tl.constexpr,
+                       ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """Per block: its alive keys equal to the threshold (one store a block)."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    key, live = _keys(bits_ptr, prev_ptr, offs, n, ONE, FILTER, ABS_MASK, INF_BITS, WIDE)
+    tl.store(out_ptr + pid, tl.sum((live & (key == threshold)).to(tl.int64), axis=0))
+
+
+@triton.jit
+def write_kernel(bits_ptr, prev_ptr, out_ptr, before_ptr, n, threshold, budget, ONE, OUT_ONE,
+                 FILTER: tl.constexpr, HAS_PREV: tl.constexpr, CUT: tl.constexpr, ABS_MASK: tl.constexpr,
+                 INF_BITS: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
+    """out = 0 for alive keys < T and for the ties ranked below `budget`,
+    else the previous mask (or 1). Without CUT, every tie or none goes."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    key, live = _keys(bits_ptr, prev_ptr, offs, n, ONE, FILTER, ABS_MASK, INF_BITS, WIDE)
+    tie = live & (key == threshold)
+    if CUT:
+        rank = tl.load(before_ptr + pid) + tl.cumsum(tie.to(tl.int64), axis=0) - tie.to(tl.int64)
+        tie = tie & (rank < budget)
+    else:
+        tie = tie & (budget > 0)
+    selected = (live & (key < threshold)) | tie
+    inside = offs < n
+    if HAS_PREV:
+        keep = tl.load(prev_ptr + offs, mask=inside, other=0)
+    else:
+        keep = tl.full((BLOCK,), OUT_ONE, out_ptr.dtype.element_ty)
+    tl.store(out_ptr + offs, tl.where(selected, tl.zeros_like(keep), keep).to(out_ptr.dtype.element_ty), mask=inside)
+
+
+class _Tensor:
+    """One tensor of the list as the kernels read it: integer views of its
+    scores and default mask, and the key's constants."""
+
+    def __init__(self, scores, prev, among_alive):
+        if scores.dtype not in KEY_PLANS:
+            raise TypeError(f"l1 phases: scores must be float32, float64, float16 or bfloat16, got {scores.dtype}")
+        if prev is not None and prev.shape != scores.shape:
+            raise RuntimeError(
+                f"l1 phases: default mask of shape {tuple(prev.shape)} does not match scores of shape {tuple(scores.shape)}"
+            )
+        if prev is not None and prev.dtype not in MASK_BITS:
+            raise TypeError(f"l1 phases: unsupported default mask dtype {prev.dtype}")
+        plan = KEY_PLANS[scores.dtype]
+        self.shape, self.n = scores.shape, scores.numel()
+        self.bits = scores.contiguous().view(plan.bits_dtype).reshape(-1)
+        self.prev_dtype = None if prev is None else prev.dtype
+        self.prev = None if prev is None else prev.contiguous().view(MASK_BITS[prev.dtype][0]).reshape(-1)
+        self.filter = bool(among_alive) and prev is not None
+        self.one = MASK_BITS[prev.dtype][1] if prev is not None else 1
+        self.consts = dict(ABS_MASK=plan.abs_mask, INF_BITS=plan.inf_bits, WIDE=plan.wide)
+        self.out_dtype = scores.dtype if prev is None else prev.dtype
+        self.blocks = triton.cdiv(self.n, BLOCK)
+
+    def mask_ptr(self):
+        return self.prev if self.prev is not None else self.bits  # (unread without FILTER / HAS_PREV)
+
+
+def _tensors(scores, default_masks, among_alive):
+    masks = list(default_masks) if default_masks else [None] * len(scores)
+    if len(masks) != len(scores):
+        raise RuntimeError(f"l1 phases: expected {len(scores)} default masks, got {len(masks)}")
+    if len({s.dtype for s in scores}) > 1:
+        raise TypeError("l1 phases: all score tensors must share one dtype")
+    return [_Tensor(s, m, among_alive) for s, m in zip(scores, masks)]
+
+
+def _device(scores):
+    return scores[0].device if scores else torch.device("cpu")
+
+
+def _launch(kernel, grid, t, *args, **constexprs):
+    # Triton launches on the current device: make it the tensor's
+    with torch.cuda.device(t.bits.device) if t.bits.is_cuda else contextlib.nullcontext():
+        kernel[grid](*args, **constexprs)
+
+
+def key_histogram(scores, default_masks, among_alive, shift, bits, prefix):
+    tensors = _tensors(scores, default_masks, among_alive)
+    key_bits = (KEY_PLANS[scores[0].dtype].digits[0][0] + KEY_PLANS[scores[0].dtype].digits[0][1]) if scores else 64
+    if not 1 <= bits <= 16 or shift < 0 or shift + bits > key_bits:
+        raise RuntimeError(f"l1_key_histogram: digit (shift {shift}, bits {bits}) outside a {key_bits}-bit key")
+    hist = torch.zeros(1 << bits, dtype=torch.int64, device=_device(scores))
+    for t in tensors:
+        if t.n:
+            _launch(histogram_kernel, (t.blocks,), t, t.bits, t.mask_ptr(), hist, t.n, prefix, t.one,
+                    SHIFT=shift, BITS=bits, FILTER=t.filter, BLOCK=BLOCK, **t.consts)
+    return hist
+
+
+def count_equal(scores, default_masks, among_alive, threshold):
+    tensors = _tensors(scores, default_masks, among_alive)
+    counts = []
+    for t in tensors:
+        per_block = torch.zeros(max(t.blocks, 1), dtype=torch.int64, device=_device(scores))
+        if t.n:
+            _launch(count_equal_kernel, (t.blocks,), t, t.bits, t.mask_ptr(), per_block, t.n, threshold, t.one,
+                    FILTER=t.filter, BLOCK=BLOCK, **t.consts)
+        counts.append(per_block.sum())
+    return torch.stack(counts) if counts else torch.zeros(0, dtype=torch.int64, device=_device(scores))
+
+
+def mask_write(scores, default_masks, among_alive, threshold, ties):
+    tensors = _tensors(scores, default_masks, among_alive)
+    if len(ties) != len(tensors):
+        raise RuntimeError(f"l1_mask_write: expected {len(tensors)} tie budgets, got {len(ties)}")
+    out = []
+    for t, budget in zip(tensors, ties):
+        if budget < 0:
+            raise RuntimeError(f"l1_mask_write: tie budget {budget} is negative")
+        bits_dtype, out_one = MASK_BITS[t.out_dtype]
+        result = torch.empty(t.n, dtype=bits_dtype, device=t.bits.device)
+        # a cut inside the tensor needs each tie's rank; 0 or all of them do not
+        cut = 0 < budget < t.n
+        before = result  # (unread without CUT)
+        if cut and t.n:
+            per_block = torch.zeros(t.blocks, dtype=torch.int64, device=t.bits.device)
+            _launch(count_equal_kernel, (t.blocks,), t, t.bits, t.mask_ptr(), per_block, t.n, threshold, t.one,
+                    FILTER=t.filter, BLOCK=BLOCK, **t.consts)
+            before = torch.cumsum(per_block, 0) - per_block
+        if t.n:
+            _launch(write_kernel, (t.blocks,), t, t.bits, t.mask_ptr(), result, before, t.n, threshold,
+                    min(budget, t.n), t.one, out_one, FILTER=t.filter, HAS_PREV=t.prev is not None, CUT=cut,
+                    BLOCK=BLOCK, **t.consts)
+        out.append(result.view(t.out_dtype).reshape(t.shape))
+    return out
