@@ -117,10 +117,16 @@ def _device(scores):
     return scores[0].device if scores else torch.device("cpu")
 
 
-def _launch(kernel, grid, t, *args, **constexprs):
-    # Triton launches on the current device: make it the tensor's
-    with torch.cuda.device(t.bits.device) if t.bits.is_cuda else contextlib.nullcontext():
-        kernel[grid](*args, **constexprs)
+NUM_WARPS = 4
+
+
+def _launch(kernel, grid, *args, **meta):
+    """kernel[grid](*args) on the device of its first tensor (Triton
+    launches on the current device). scripts/triton_aot_check.py records
+    these launches to compile each one for the GPU."""
+    device = args[0].device
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        kernel[grid](*args, num_warps=NUM_WARPS, **meta)
 
 
 def key_histogram(scores, default_masks, among_alive, shift, bits, prefix):
@@ -131,7 +137,7 @@ def key_histogram(scores, default_masks, among_alive, shift, bits, prefix):
     hist = torch.zeros(1 << bits, dtype=torch.int64, device=_device(scores))
     for t in tensors:
         if t.n:
-            _launch(histogram_kernel, (t.blocks,), t, t.bits, t.mask_ptr(), hist, t.n, prefix, t.one,
+            _launch(histogram_kernel, (t.blocks,), t.bits, t.mask_ptr(), hist, t.n, prefix, t.one,
                     SHIFT=shift, BITS=bits, FILTER=t.filter, BLOCK=BLOCK, **t.consts)
     return hist
 
@@ -142,7 +148,7 @@ def count_equal(scores, default_masks, among_alive, threshold):
     for t in tensors:
         per_block = torch.zeros(max(t.blocks, 1), dtype=torch.int64, device=_device(scores))
         if t.n:
-            _launch(count_equal_kernel, (t.blocks,), t, t.bits, t.mask_ptr(), per_block, t.n, threshold, t.one,
+            _launch(count_equal_kernel, (t.blocks,), t.bits, t.mask_ptr(), per_block, t.n, threshold, t.one,
                     FILTER=t.filter, BLOCK=BLOCK, **t.consts)
         counts.append(per_block.sum())
     return torch.stack(counts) if counts else torch.zeros(0, dtype=torch.int64, device=_device(scores))
@@ -163,11 +169,11 @@ def mask_write(scores, default_masks, among_alive, threshold, ties):
         before = result  # (unread without CUT)
         if cut and t.n:
             per_block = torch.zeros(t.blocks, dtype=torch.int64, device=t.bits.device)
-            _launch(count_equal_kernel, (t.blocks,), t, t.bits, t.mask_ptr(), per_block, t.n, threshold, t.one,
+            _launch(count_equal_kernel, (t.blocks,), t.bits, t.mask_ptr(), per_block, t.n, threshold, t.one,
                     FILTER=t.filter, BLOCK=BLOCK, **t.consts)
             before = torch.cumsum(per_block, 0) - per_block
         if t.n:
-            _launch(write_kernel, (t.blocks,), t, t.bits, t.mask_ptr(), result, before, t.n, threshold,
+            _launch(write_kernel, (t.blocks,), t.bits, t.mask_ptr(), result, before, t.n, threshold,
                     min(budget, t.n), t.one, out_one, FILTER=t.filter, HAS_PREV=t.prev is not None, CUT=cut,
                     BLOCK=BLOCK, **t.consts)
         out.append(result.view(t.out_dtype).reshape(t.shape))
