@@ -18,6 +18,7 @@ One module per concern:
     report.py       the terminal table and the JSON file
     plots.py        PNG plots (time and speedup against size)
     run.py          the command line and the loop over cases
+    distributed.py  sharded pruning on W CPU processes (python -m benchmarks.distributed)
 
 Nothing here asserts on a timing: the harness reports, it does not judge
 speed. It does flag (and exit with status 1 on) a contender that pruned a
