@@ -13,9 +13,13 @@ import re
 import subprocess
 import sys
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
+import triton
+import triton.language as tl
 
 import pruneext
 from pruneext import _reference, backends
@@ -377,6 +381,24 @@ def test_errors(device):
         triton_mask(x, 2, torch.ones(10, dtype=torch.int32, device=device))
     with pytest.raises(TypeError):
         triton_global([x, x.double()], 2, [None, None])
+
+
+@triton.jit
+def _block_count_probe(out_ptr, n, BLOCK: tl.constexpr):
+    tl.store(out_ptr, triton_kernels.block_count(n, BLOCK))
+
+
+def test_block_counts_do_not_wrap_below_2_31(device):
+    # A tensor of just under 2^31 entries hands the kernels an int32 n; its
+    # block count must not wrap (in int32, cdiv(2^31 - 5, 4096) is negative
+    # and the stride loops would skip every block).
+    out = torch.zeros(1, dtype=torch.int64, device=device)
+    for n in (2**31 - 5, 2**31 - 4096, 2**31 - 1, 2**31, 2**32 + 3, 5):
+        _block_count_probe[(1,)](out, n, BLOCK=4096)
+        assert int(out) == -(-n // 4096), n
+    # and every loop bound of the kernels goes through it
+    source = inspect.getsource(triton_kernels)
+    assert source.count("tl.cdiv(") == 1 and "tl.cdiv(count.to(tl.int64)" in source
 
 
 # ---------------------------------------------------------------- the backend

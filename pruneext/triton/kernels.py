@@ -38,6 +38,14 @@ ALWAYS, ON_HIT, ON_MISS = 0, 1, 2  # GATE
 
 
 @triton.jit
+def block_count(count, BLOCK: tl.constexpr):
+    """Blocks of BLOCK entries covering `count`, in int64: an int32 count
+    (a tensor of fewer than 2^31 entries) would wrap in tl.cdiv for
+    2^31 - BLOCK < count < 2^31, and the stride loops would skip every block."""
+    return tl.cdiv(count.to(tl.int64), BLOCK)
+
+
+@triton.jit
 def _gate_open(state_ptr, GATE: tl.constexpr):
     """Whether a kernel launched with this GATE runs (see the module doc)."""
     hit = tl.load(state_ptr + 5)  # HIT
@@ -69,7 +77,7 @@ def histogram_kernel(
         else:
             count = n
         hist_ptr += hist_base + (tl.program_id(0) % REPLICAS).to(tl.int64) * replica_stride
-        for block in range(tl.program_id(0).to(tl.int64), tl.cdiv(count, BLOCK).to(tl.int64), tl.num_programs(0)):
+        for block in range(tl.program_id(0).to(tl.int64), block_count(count, BLOCK), tl.num_programs(0)):
             offs = block * BLOCK + tl.arange(0, BLOCK)  # (an int64 block: 64-bit offsets)
             in_range = offs < count
             key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
@@ -220,7 +228,7 @@ def count_ties_kernel(
     this pass costs a launch of a few programs (they stride over the blocks,
     as in histogram_kernel)."""
     if tl.load(state_ptr + 1) < tl.load(state_ptr + 4):  # RANK < IN_BIN
-        for block in range(tl.program_id(0).to(tl.int64), tl.cdiv(n, BLOCK).to(tl.int64), tl.num_programs(0)):
+        for block in range(tl.program_id(0).to(tl.int64), block_count(n, BLOCK), tl.num_programs(0)):
             offs = block * BLOCK + tl.arange(0, BLOCK)
             in_range = offs < n
             key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
