@@ -401,6 +401,46 @@ def test_block_counts_do_not_wrap_below_2_31(device):
     assert source.count("tl.cdiv(") == 1 and "tl.cdiv(count.to(tl.int64)" in source
 
 
+def test_launches_run_under_a_guard_of_the_tensors_device(device, monkeypatch):
+    # Triton launches on the current device: a tensor on cuda:1 while cuda:0
+    # is current needs the guard around every launch.
+    entered = []
+
+    class Recorder:
+        def __init__(self, where):
+            self.where = where
+
+        def __enter__(self):
+            entered.append(self.where)
+
+        def __exit__(self, *exc):
+            entered.append(None)
+
+    monkeypatch.setattr(torch.cuda, "device", Recorder)
+    with triton_select._device_guard(torch.device("cuda", 1), tracing=False):
+        assert entered == [torch.device("cuda", 1)]
+    assert entered[-1] is None
+    with triton_select._device_guard(torch.device("cpu"), tracing=False):  # nothing to guard
+        pass
+    with triton_select._device_guard(torch.device("cuda", 1), tracing=True):  # fake tensors
+        pass
+    assert len(entered) == 2
+
+    # and the op launches every kernel inside the guard of its tensors' device
+    launches, real_launch = [], triton_select._launch
+    monkeypatch.setattr(triton_select, "_device_guard", lambda where, tracing: Recorder(where))
+    entered.clear()
+
+    def launch(*args, **kwargs):
+        launches.append(len(entered) % 2)  # 1: inside a guard
+        real_launch(*args, **kwargs)
+
+    monkeypatch.setattr(triton_select, "_launch", launch)
+    x = scores_with_ties(1000, torch.float32, device=device)
+    assert_matches_references([x, x[:300]], 400, [None, None], False)
+    assert entered == [x.device, None] and launches and all(launches)
+
+
 # ---------------------------------------------------------------- the backend
 
 

@@ -26,6 +26,7 @@ k > the alive count when that count lives on the device (among_alive with a
 default mask): then one `.item()` after everything is launched, and only in
 eager mode (a traced graph cannot raise; see select_bucket_kernel).
 """
+import contextlib
 import functools
 
 import torch
@@ -73,6 +74,15 @@ def _launch(kernel, grid, *args, tracing=False, **meta):
             kernel[grid](*args, num_warps=NUM_WARPS, **meta)
         return
     wrap_triton(kernel)[grid](*args, num_warps=NUM_WARPS, **meta)
+
+
+def _device_guard(device, tracing):
+    """Triton launches on the current CUDA device and its current stream,
+    not the tensors': make their device the current one. (A traced graph
+    gets Inductor's own guards, and fake tensors have no device to enter.)"""
+    if device.type != "cuda" or tracing:
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
 
 
 def _key_consts(plan, one, filter):
@@ -223,34 +233,35 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
         if k > total:
             raise RuntimeError(f"{op}: k={k} exceeds the {total} entries that can be pruned")
 
-    state = torch.zeros(kernels.STATE_SIZE, dtype=torch.int64, device=device)
-    counts = torch.zeros(max(blocks, 1), dtype=torch.int64, device=device)
-    if k > 0 and live:
-        entries = sum(j.n for j in live)
-        if entries >= WINDOW_MIN:
-            cands = _Candidates(plan, window.capacity(entries), device)
-            _window_pass(live, plan, k, entries, cands, state, tracing)
-            _radix_passes([cands], plan, k, state, tracing, kernels.ON_HIT, from_k=False)
-            _radix_passes(live, plan, k, state, tracing, kernels.ON_MISS)
+    with _device_guard(device, tracing):
+        state = torch.zeros(kernels.STATE_SIZE, dtype=torch.int64, device=device)
+        counts = torch.zeros(max(blocks, 1), dtype=torch.int64, device=device)
+        if k > 0 and live:
+            entries = sum(j.n for j in live)
+            if entries >= WINDOW_MIN:
+                cands = _Candidates(plan, window.capacity(entries), device)
+                _window_pass(live, plan, k, entries, cands, state, tracing)
+                _radix_passes([cands], plan, k, state, tracing, kernels.ON_HIT, from_k=False)
+                _radix_passes(live, plan, k, state, tracing, kernels.ON_MISS)
+            else:
+                _radix_passes(live, plan, k, state, tracing, kernels.ALWAYS)
+            for job in live:
+                prev, consts = job.key_args(plan)
+                _launch(
+                    kernels.count_ties_kernel, (min(job.blocks, MAX_PROGRAMS),),
+                    job.bits, prev, job.n, state, counts, job.count_base,
+                    BLOCK=MASK_BLOCK, tracing=tracing, **consts,
+                )
+            ties_before = torch.cumsum(counts, 0) - counts
         else:
-            _radix_passes(live, plan, k, state, tracing, kernels.ALWAYS)
+            ties_before = counts
         for job in live:
             prev, consts = job.key_args(plan)
             _launch(
-                kernels.count_ties_kernel, (min(job.blocks, MAX_PROGRAMS),),
-                job.bits, prev, job.n, state, counts, job.count_base,
-                BLOCK=MASK_BLOCK, tracing=tracing, **consts,
+                kernels.write_mask_kernel, (job.blocks,),
+                job.bits, prev, job.out, job.n, state, ties_before, job.count_base,
+                HAS_PREV=job.prev is not None, OUT_ONE=job.out_one, BLOCK=MASK_BLOCK, tracing=tracing, **consts,
             )
-        ties_before = torch.cumsum(counts, 0) - counts
-    else:
-        ties_before = counts
-    for job in live:
-        prev, consts = job.key_args(plan)
-        _launch(
-            kernels.write_mask_kernel, (job.blocks,),
-            job.bits, prev, job.out, job.n, state, ties_before, job.count_base,
-            HAS_PREV=job.prev is not None, OUT_ONE=job.out_one, BLOCK=MASK_BLOCK, tracing=tracing, **consts,
-        )
     if filters and k > 0 and not tracing:
         total = int(state[kernels.TOTAL])  # the one host sync
         if k > total:
