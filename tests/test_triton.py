@@ -228,6 +228,26 @@ def test_window_hits_on_spread_data(device, dtype, window_outcomes):
     assert window_outcomes and all(window_outcomes), window_outcomes
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_window_hits_randn_at_high_amounts(device, dtype, monkeypatch, window_outcomes):
+    # The sample and the buffer of a large tensor (no slack): the margin of
+    # a sample rank r of S must shrink as r nears S (binomial, sqrt(r (1 -
+    # r/S))), else the window tends to 2 * 4 / sqrt(S) of the entries, the
+    # whole buffer, and bf16's ties at its ends overflow it.
+    monkeypatch.setattr(triton_window, "SAMPLE", 1 << 16)
+    monkeypatch.setattr(triton_window, "CAPACITY_SLACK", 0)
+    for name in ("HIST_BLOCK", "MASK_BLOCK", "WINDOW_BLOCK"):  # few interpreted programs
+        monkeypatch.setattr(triton_select, name, 1 << 16)
+    n = 1 << 21
+    for seed in range(3):
+        x = torch.randn(n, generator=torch.Generator().manual_seed(seed)).to(dtype).to(device)
+        for amount in (0.8, 0.9, 0.95):
+            got = triton_mask(x, round(amount * n))
+            if seed == 0 and HAVE_CPP:
+                assert_identical(got, torch.ops.pruneext.l1_mask(x.cpu(), round(amount * n)))
+    assert window_outcomes == [1] * 9
+
+
 def test_window_misses_fall_back(device, monkeypatch, window_outcomes):
     x = distinct_magnitudes(3000, seed=5).to(device)
     # a window below every key (no candidates), above every key (all below
