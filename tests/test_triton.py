@@ -421,6 +421,39 @@ def test_block_counts_do_not_wrap_below_2_31(device):
     assert source.count("tl.cdiv(") == 1 and "tl.cdiv(count.to(tl.int64)" in source
 
 
+@triton.jit
+def _block_histogram_probe(digit_ptr, valid_ptr, hist_ptr, singles_ptr, BLOCK: tl.constexpr, DIGIT_BITS: tl.constexpr):
+    lanes = tl.arange(0, BLOCK)
+    valid = tl.load(valid_ptr + lanes) != 0
+    singles = triton_kernels.add_block_histogram(hist_ptr, tl.load(digit_ptr + lanes), valid, BLOCK, DIGIT_BITS)
+    tl.store(singles_ptr, singles)
+
+
+@pytest.mark.parametrize("digit_bits", [11, 15])
+def test_crowded_bins_take_one_atomic_per_block(device, digit_bits):
+    # The histogram kernel's per-block aggregation: bins crowded by ties
+    # (the candidates of a bf16 window span ~9 keys) are added with one
+    # atomic each; only lanes of sparse bins are added one by one.
+    block, g = 1024, torch.Generator().manual_seed(0)
+    spread = torch.randperm(1 << digit_bits, generator=g)[:block]
+    cases = {
+        "nine keys": (torch.randint(0, 9, (block,), generator=g) * 37 + 5, 0),
+        "zeros and a spread": (torch.where(torch.rand(block, generator=g) < 0.7, 0, spread), block // 3),
+        "all distinct": (spread, block),
+        "one key": (torch.full((block,), (1 << digit_bits) - 1), 0),
+    }
+    for name, (digits, most_singles) in cases.items():
+        valid = torch.rand(block, generator=g) < 0.9
+        hist = torch.zeros(1 << digit_bits, dtype=torch.int64, device=device)
+        singles = torch.zeros(1, dtype=torch.int32, device=device)
+        _block_histogram_probe[(1,)](
+            digits.int().to(device), valid.int().to(device), hist, singles, BLOCK=block, DIGIT_BITS=digit_bits
+        )
+        want = torch.bincount(digits[valid], minlength=1 << digit_bits)
+        assert torch.equal(hist.cpu(), want), name
+        assert int(singles) <= most_singles, (name, int(singles))
+
+
 def test_launches_run_under_a_guard_of_the_tensors_device(device, monkeypatch):
     # Triton launches on the current device: a tensor on cuda:1 while cuda:0
     # is current needs the guard around every launch.

@@ -87,15 +87,45 @@ def histogram_kernel(
             if not FIRST:
                 valid = valid & ((key >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + 0))  # PREFIX
             digit = ((key >> SHIFT) & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
-            # Ties all land in one bin and would serialise on one atomic: add
-            # the block's smallest digit (zeros, the common tie) with a single
-            # atomic, and the others one by one.
-            low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
-            at_low = valid & (digit == low)
-            n_low = tl.sum(at_low.to(tl.int64), axis=0)
-            tl.atomic_add(hist_ptr + low, n_low, mask=n_low > 0, sem="relaxed")
-            rest = valid & (digit != low)
-            tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
+            add_block_histogram(hist_ptr, digit, valid, BLOCK, DIGIT_BITS)
+
+
+@triton.jit
+def add_block_histogram(hist_ptr, digit, valid, BLOCK: tl.constexpr, DIGIT_BITS: tl.constexpr):
+    """hist[d] += the valid lanes of the block whose digit is d, with one
+    atomic per crowded bin rather than one per lane: the candidate passes
+    and tied data crowd a block into a few bins, and their lanes would
+    serialise on those addresses. The smallest digit first (zeros, the
+    common tie of pruned weights); then, up to PEEL times, the digit of the
+    first lane not yet counted (a lane drawn by place: a bin is drawn about
+    as often as it is crowded), until a drawn bin holds fewer than CROWD
+    lanes. Each of those bins takes one atomic; the lanes left, spread over
+    many bins, one each. Returns how many lanes did (for the tests)."""
+    PEEL: tl.constexpr = 16
+    CROWD: tl.constexpr = 8
+    low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
+    at_low = valid & (digit == low)
+    n_low = tl.sum(at_low.to(tl.int64), axis=0)
+    tl.atomic_add(hist_ptr + low, n_low, mask=n_low > 0, sem="relaxed")
+    rest = valid & (digit != low)
+    # (place, digit) in one integer: its min is the first lane left, and its
+    # digit; 32 bits where they fit (a GPU's blocks), to spare registers
+    if (BLOCK << DIGIT_BITS) < 2**31:
+        packed = (tl.arange(0, BLOCK) << DIGIT_BITS) | digit
+    else:
+        packed = (tl.arange(0, BLOCK).to(tl.int64) << DIGIT_BITS) | digit
+    drawn = tl.zeros([], tl.int32)
+    n_at = tl.full([], CROWD, tl.int64)
+    while (drawn < PEEL) & (n_at >= CROWD):
+        first = tl.min(tl.where(rest, packed, BLOCK << DIGIT_BITS), axis=0)  # digit 0 when none is left
+        d = (first & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
+        at = rest & (digit == d)
+        n_at = tl.sum(at.to(tl.int64), axis=0)
+        tl.atomic_add(hist_ptr + d, n_at, mask=n_at > 0, sem="relaxed")
+        rest = rest & (digit != d)
+        drawn += 1
+    tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
+    return tl.sum(rest.to(tl.int32), axis=0)
 
 
 @triton.jit
