@@ -360,6 +360,32 @@ def test_global_ties_go_to_earlier_tensors_and_bool_masks(device):
         triton_global([], 1, [], False)
 
 
+def test_global_launches_per_pass_not_per_tensor(device, monkeypatch):
+    # The tensors of one kind (default mask, output) are one table launch per
+    # pass: a list of 12 launches what a list of 2 does. fp32 with the window:
+    # sample, window, 3 x (histogram + select) over the candidates and over
+    # the tensors, ties, mask.
+    launched, real_launch = [], triton_select._launch
+
+    def launch(kernel, grid, *args, **meta):
+        launched.append(meta.get("TABLE"))
+        real_launch(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(triton_select, "_launch", launch)
+    per_length = []
+    for length in (2, 12):
+        xs = [scores_with_ties(150 + 13 * i, torch.float32, seed=i, device=device).reshape(-1, 1) for i in range(length)]
+        masks = [None] * length
+        if length == 12:  # and a second kind, launched beside the first
+            masks[3] = mask_values(xs[3].numel(), torch.bool, seed=3, device=device).reshape(-1, 1)
+            masks[7] = mask_values(xs[7].numel(), torch.bool, seed=7, device=device).reshape(-1, 1)
+        launched.clear()
+        assert_matches_references(xs, alive_count(masks, xs, True) // 2, masks, True)
+        per_length.append(len(launched))
+        assert True in launched  # the tensors went through a table
+    assert per_length == [16, 16 + 7]  # the second kind: sample, window, 3 histograms, ties, mask
+
+
 def test_global_does_not_concatenate(device, monkeypatch):
     xs = [scores_with_ties(n, torch.float32, seed=n, device=device) for n in (100, 200, 300)]
     expected = reference_globals(xs, 250, [None] * 3, False)[0]

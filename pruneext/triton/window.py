@@ -39,21 +39,20 @@ def capacity(entries):
     return entries // CAPACITY_DIV + CAPACITY_SLACK
 
 
-def bounds(jobs, plan, k, entries, launch):
+def bounds(groups, plan, k, entries, launch):
     """The window [lo, hi] of keys, as an int64 tensor of two, from a
-    strided sample of every tensor of the list (in proportion to its size;
-    sample_kernel, launched through `launch`). Dead entries (mask not 1,
+    strided sample of every group of the list's tensors (table.Group; in
+    proportion to its size; sample_kernel, launched through `launch`). Dead entries (mask not 1,
     with among_alive) take the largest key, with the NaNs: the alive keys
     keep their order below them, and the k-th alive key of all sits near
     sample rank k * samples / entries, whatever the share of alive entries."""
-    counts = [min(job.n, (SAMPLE * job.n + entries - 1) // entries) for job in jobs]  # ceil: at least 1
-    sample = torch.empty(sum(counts), dtype=torch.int64, device=jobs[0].bits.device)
+    counts = [min(g.n, (SAMPLE * g.n + entries - 1) // entries) for g in groups]  # ceil: at least 1
+    sample = torch.empty(sum(counts), dtype=torch.int64, device=groups[0].bits.device)
     start = 0
-    for job, count in zip(jobs, counts):
-        prev, consts = job.key_args(plan)
+    for g, count in zip(groups, counts):
         launch(
             kernels.sample_kernel, (triton.cdiv(count, SAMPLE_BLOCK),),
-            job.bits, prev, job.n, count, sample, start, BLOCK=SAMPLE_BLOCK, **consts,
+            *g.args(), count, sample, start, BLOCK=SAMPLE_BLOCK, **g.key_consts(plan),
         )
         start += count
     sample = torch.sort(sample).values
