@@ -52,17 +52,20 @@ def block_count(count, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _row_of(table_ptr, rows, steps, target, COL: tl.constexpr):
+def _row_of(table_ptr, rows, steps, target, COL: tl.constexpr, MAX_STEPS: tl.constexpr = 20):
     """The last row of the table whose column COL is <= target (the column
-    ascends; `steps` = ceil(log2(rows)) halvings). target: a scalar or a
-    block of them. (Rows are 9 int64, as table.py writes them.)"""
+    ascends; `steps` = ceil(log2(rows)) <= MAX_STEPS halvings). target: a
+    scalar or a block of them. (Rows are 9 int64, as table.py writes them.)
+    The halvings are unrolled, each skipped past `steps`: a loop of `steps`
+    trips cost the per-block kernels an 8-byte stack frame (Triton 3.8)."""
     lo = target * 0
     hi = lo + rows - 1
-    for _ in range(steps):
-        mid = (lo + hi + 1) // 2
-        ok = tl.load(table_ptr + mid * 9 + COL) <= target
-        lo = tl.where(ok, mid, lo)
-        hi = tl.where(ok, hi, mid - 1)
+    for step in tl.static_range(MAX_STEPS):
+        if step < steps:
+            mid = (lo + hi + 1) // 2
+            ok = tl.load(table_ptr + mid * 9 + COL) <= target
+            lo = tl.where(ok, mid, lo)
+            hi = tl.where(ok, hi, mid - 1)
     return lo
 
 

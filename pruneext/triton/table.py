@@ -74,11 +74,19 @@ class Group:
         return self.blocks[col]  # (counted in blocks of `size` when built)
 
 
+MAX_ROWS = 1 << 20  # kernels._row_of halves at most 20 times
+
+
 def groups(jobs, blocks, device, tracing):
-    """The groups of `jobs` (non-empty tensors), each in list order."""
-    if tracing:
-        return [Group([job], blocks, device, direct=True) for job in jobs]
-    kinds = {}
+    """The groups of `jobs` (non-empty tensors), each in list order. A
+    tensor with a 64-bit default mask on 16/32-bit scores, or the reverse
+    (a rare pair), is launched alone: the table variant of its mask kernel
+    takes an 8-byte stack frame (ptxas, sm_90)."""
+    kinds, alone = {}, []
     for job in jobs:
-        kinds.setdefault(job.kind, []).append(job)
-    return [Group(members, blocks, device, direct=False) for members in kinds.values()]
+        if tracing or (job.prev is not None and (job.prev.element_size() == 8) != (job.bits.element_size() == 8)):
+            alone.append(Group([job], blocks, device, direct=True))
+        else:
+            kinds.setdefault(job.kind, []).append(job)
+    tables = [members[i:i + MAX_ROWS] for members in kinds.values() for i in range(0, len(members), MAX_ROWS)]
+    return [Group(members, blocks, device, direct=False) for members in tables] + alone
