@@ -42,7 +42,8 @@ POINTER = {torch.int64: "*i64", torch.int32: "*i32", torch.int16: "*i16", torch.
 
 def record_launches():
     """Every distinct launch of the ops over each score dtype and each kind
-    of default mask, as (kernel, argument types, constexprs, num_warps)."""
+    of default mask, for a list and for one tensor, as (kernel, argument
+    types, constexprs, num_warps)."""
     launches = {}
 
     def record(kernel, grid, *args, tracing=False, **meta):
@@ -58,9 +59,10 @@ def record_launches():
             for mask_dtype, among_alive in cases:
                 scores = [torch.randn(300, dtype=torch.float32).to(dtype), torch.randn(7, 5).to(dtype)]
                 masks = [None if mask_dtype is None else torch.ones_like(s, dtype=mask_dtype) for s in scores]
-                for k in (0, 100):
+                # a list (its tensors through a table, table.py) and one tensor (handed directly)
+                for k, length in itertools.product((0, 100), (2, 1)):
                     try:
-                        select.l1_masks(scores, k, masks, among_alive)
+                        select.l1_masks(scores[:length], k, masks[:length], among_alive)
                     except RuntimeError as e:  # nothing ran, so the device-side alive count is 0
                         if "exceeds" not in str(e):
                             raise

@@ -13,9 +13,13 @@ import re
 import subprocess
 import sys
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
+import triton
+import triton.language as tl
 
 import pruneext
 from pruneext import _reference, backends
@@ -224,6 +228,26 @@ def test_window_hits_on_spread_data(device, dtype, window_outcomes):
     assert window_outcomes and all(window_outcomes), window_outcomes
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_window_hits_randn_at_high_amounts(device, dtype, monkeypatch, window_outcomes):
+    # The sample and the buffer of a large tensor (no slack): the margin of
+    # a sample rank r of S must shrink as r nears S (binomial, sqrt(r (1 -
+    # r/S))), else the window tends to 2 * 4 / sqrt(S) of the entries, the
+    # whole buffer, and bf16's ties at its ends overflow it.
+    monkeypatch.setattr(triton_window, "SAMPLE", 1 << 16)
+    monkeypatch.setattr(triton_window, "CAPACITY_SLACK", 0)
+    for name in ("HIST_BLOCK", "MASK_BLOCK", "WINDOW_BLOCK"):  # few interpreted programs
+        monkeypatch.setattr(triton_select, name, 1 << 16)
+    n = 1 << 21
+    for seed in range(3):
+        x = torch.randn(n, generator=torch.Generator().manual_seed(seed)).to(dtype).to(device)
+        for amount in (0.8, 0.9, 0.95):
+            got = triton_mask(x, round(amount * n))
+            if seed == 0 and HAVE_CPP:
+                assert_identical(got, torch.ops.pruneext.l1_mask(x.cpu(), round(amount * n)))
+    assert window_outcomes == [1] * 9
+
+
 def test_window_misses_fall_back(device, monkeypatch, window_outcomes):
     x = distinct_magnitudes(3000, seed=5).to(device)
     # a window below every key (no candidates), above every key (all below
@@ -336,6 +360,32 @@ def test_global_ties_go_to_earlier_tensors_and_bool_masks(device):
         triton_global([], 1, [], False)
 
 
+def test_global_launches_per_pass_not_per_tensor(device, monkeypatch):
+    # The tensors of one kind (default mask, output) are one table launch per
+    # pass: a list of 12 launches what a list of 2 does. fp32 with the window:
+    # sample, window, 3 x (histogram + select) over the candidates and over
+    # the tensors, ties, mask.
+    launched, real_launch = [], triton_select._launch
+
+    def launch(kernel, grid, *args, **meta):
+        launched.append(meta.get("TABLE"))
+        real_launch(kernel, grid, *args, **meta)
+
+    monkeypatch.setattr(triton_select, "_launch", launch)
+    per_length = []
+    for length in (2, 12):
+        xs = [scores_with_ties(150 + 13 * i, torch.float32, seed=i, device=device).reshape(-1, 1) for i in range(length)]
+        masks = [None] * length
+        if length == 12:  # and a second kind, launched beside the first
+            masks[3] = mask_values(xs[3].numel(), torch.bool, seed=3, device=device).reshape(-1, 1)
+            masks[7] = mask_values(xs[7].numel(), torch.bool, seed=7, device=device).reshape(-1, 1)
+        launched.clear()
+        assert_matches_references(xs, alive_count(masks, xs, True) // 2, masks, True)
+        per_length.append(len(launched))
+        assert True in launched  # the tensors went through a table
+    assert per_length == [16, 16 + 7]  # the second kind: sample, window, 3 histograms, ties, mask
+
+
 def test_global_does_not_concatenate(device, monkeypatch):
     xs = [scores_with_ties(n, torch.float32, seed=n, device=device) for n in (100, 200, 300)]
     expected = reference_globals(xs, 250, [None] * 3, False)[0]
@@ -377,6 +427,97 @@ def test_errors(device):
         triton_mask(x, 2, torch.ones(10, dtype=torch.complex128, device=device))
     with pytest.raises(TypeError):
         triton_global([x, x.double()], 2, [None, None])
+
+
+@triton.jit
+def _block_count_probe(out_ptr, n, BLOCK: tl.constexpr):
+    tl.store(out_ptr, triton_kernels.block_count(n, BLOCK))
+
+
+def test_block_counts_do_not_wrap_below_2_31(device):
+    # A tensor of just under 2^31 entries hands the kernels an int32 n; its
+    # block count must not wrap (in int32, cdiv(2^31 - 5, 4096) is negative
+    # and the stride loops would skip every block).
+    out = torch.zeros(1, dtype=torch.int64, device=device)
+    for n in (2**31 - 5, 2**31 - 4096, 2**31 - 1, 2**31, 2**32 + 3, 5):
+        _block_count_probe[(1,)](out, n, BLOCK=4096)
+        assert int(out) == -(-n // 4096), n
+    # and every loop bound of the kernels goes through it
+    source = inspect.getsource(triton_kernels)
+    assert source.count("tl.cdiv(") == 1 and "tl.cdiv(count.to(tl.int64)" in source
+
+
+@triton.jit
+def _block_histogram_probe(digit_ptr, valid_ptr, hist_ptr, singles_ptr, BLOCK: tl.constexpr, DIGIT_BITS: tl.constexpr):
+    lanes = tl.arange(0, BLOCK)
+    valid = tl.load(valid_ptr + lanes) != 0
+    singles = triton_kernels.add_block_histogram(hist_ptr, tl.load(digit_ptr + lanes), valid, BLOCK, DIGIT_BITS)
+    tl.store(singles_ptr, singles)
+
+
+@pytest.mark.parametrize("digit_bits", [11, 15])
+def test_crowded_bins_take_one_atomic_per_block(device, digit_bits):
+    # The histogram kernel's per-block aggregation: bins crowded by ties
+    # (the candidates of a bf16 window span ~9 keys) are added with one
+    # atomic each; only lanes of sparse bins are added one by one.
+    block, g = 1024, torch.Generator().manual_seed(0)
+    spread = torch.randperm(1 << digit_bits, generator=g)[:block]
+    cases = {
+        "nine keys": (torch.randint(0, 9, (block,), generator=g) * 37 + 5, 0),
+        "zeros and a spread": (torch.where(torch.rand(block, generator=g) < 0.7, 0, spread), block // 3),
+        "all distinct": (spread, block),
+        "one key": (torch.full((block,), (1 << digit_bits) - 1), 0),
+    }
+    for name, (digits, most_singles) in cases.items():
+        valid = torch.rand(block, generator=g) < 0.9
+        hist = torch.zeros(1 << digit_bits, dtype=torch.int64, device=device)
+        singles = torch.zeros(1, dtype=torch.int32, device=device)
+        _block_histogram_probe[(1,)](
+            digits.int().to(device), valid.int().to(device), hist, singles, BLOCK=block, DIGIT_BITS=digit_bits
+        )
+        want = torch.bincount(digits[valid], minlength=1 << digit_bits)
+        assert torch.equal(hist.cpu(), want), name
+        assert int(singles) <= most_singles, (name, int(singles))
+
+
+def test_launches_run_under_a_guard_of_the_tensors_device(device, monkeypatch):
+    # Triton launches on the current device: a tensor on cuda:1 while cuda:0
+    # is current needs the guard around every launch.
+    entered = []
+
+    class Recorder:
+        def __init__(self, where):
+            self.where = where
+
+        def __enter__(self):
+            entered.append(self.where)
+
+        def __exit__(self, *exc):
+            entered.append(None)
+
+    monkeypatch.setattr(torch.cuda, "device", Recorder)
+    with triton_select._device_guard(torch.device("cuda", 1), tracing=False):
+        assert entered == [torch.device("cuda", 1)]
+    assert entered[-1] is None
+    with triton_select._device_guard(torch.device("cpu"), tracing=False):  # nothing to guard
+        pass
+    with triton_select._device_guard(torch.device("cuda", 1), tracing=True):  # fake tensors
+        pass
+    assert len(entered) == 2
+
+    # and the op launches every kernel inside the guard of its tensors' device
+    launches, real_launch = [], triton_select._launch
+    monkeypatch.setattr(triton_select, "_device_guard", lambda where, tracing: Recorder(where))
+    entered.clear()
+
+    def launch(*args, **kwargs):
+        launches.append(len(entered) % 2)  # 1: inside a guard
+        real_launch(*args, **kwargs)
+
+    monkeypatch.setattr(triton_select, "_launch", launch)
+    x = scores_with_ties(1000, torch.float32, device=device)
+    assert_matches_references([x, x[:300]], 400, [None, None], False)
+    assert entered == [x.device, None] and launches and all(launches)
 
 
 # ---------------------------------------------------------------- the backend

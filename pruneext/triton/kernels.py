@@ -1,7 +1,11 @@
 """The Triton kernels of the radix select (driven by select.py).
 
-Every kernel reads one tensor of the list; the global op launches each one per
-tensor, all of them accumulating into the same histogram / count buffers.
+A kernel that reads the tensors of the list reads either one tensor, handed
+to it directly (TABLE=False: a list of one, or a traced graph), or every
+tensor of a group through a device table of them (TABLE=True, table.py):
+one launch per pass then covers the whole group, and each block finds its
+tensor by a binary search over the table's first blocks. `bits_ptr` and
+`prev_ptr` then only give the element types of the table's addresses.
 Element offsets are int64 throughout. A small int64 `state` tensor carries
 the selection from one launch to the next, so the pipeline needs no host
 sync:
@@ -19,13 +23,15 @@ The radix kernels take a GATE: ALWAYS (0) runs them; ON_HIT (1) and ON_MISS
 (2) run them only when state[HIT] is 1, resp. 0, so the candidate passes and
 the passes over all entries can both be launched, and the device picks one.
 
-(The kernels spell these indices as literals: Inductor re-emits the source
-of user kernels, and plain literals need no module globals.)
+(The kernels spell these indices, and the table's columns, as literals:
+Inductor re-emits the source of user kernels, and plain literals need no
+module globals.)
 
 With FILTER (among_alive with a default mask) only entries whose mask is 1
 count. Each kernel loads that mask itself: torch's mutation analysis of
 user kernels would take a pointer handed to a helper function (and feeding
 an atomic's mask) for a written one, and clone the mask under torch.compile.
+(Table launches run in eager mode only, so their helpers may take pointers.)
 """
 import triton
 import triton.language as tl
@@ -38,6 +44,45 @@ ALWAYS, ON_HIT, ON_MISS = 0, 1, 2  # GATE
 
 
 @triton.jit
+def block_count(count, BLOCK: tl.constexpr):
+    """Blocks of BLOCK entries covering `count`, in int64: an int32 count
+    (a tensor of fewer than 2^31 entries) would wrap in tl.cdiv for
+    2^31 - BLOCK < count < 2^31, and the stride loops would skip every block."""
+    return tl.cdiv(count.to(tl.int64), BLOCK)
+
+
+@triton.jit
+def _row_of(table_ptr, rows, steps, target, COL: tl.constexpr, MAX_STEPS: tl.constexpr = 20):
+    """The last row of the table whose column COL is <= target (the column
+    ascends; `steps` = ceil(log2(rows)) <= MAX_STEPS halvings). target: a
+    scalar or a block of them. (Rows are 9 int64, as table.py writes them.)
+    The halvings are unrolled, each skipped past `steps`: a loop of `steps`
+    trips cost the per-block kernels an 8-byte stack frame (Triton 3.8)."""
+    lo = target * 0
+    hi = lo + rows - 1
+    for step in tl.static_range(MAX_STEPS):
+        if step < steps:
+            mid = (lo + hi + 1) // 2
+            ok = tl.load(table_ptr + mid * 9 + COL) <= target
+            lo = tl.where(ok, mid, lo)
+            hi = tl.where(ok, hi, mid - 1)
+    return lo
+
+
+@triton.jit
+def _table_block(table_ptr, rows, steps, block, bits_ptr, prev_ptr, COL: tl.constexpr, BLOCK: tl.constexpr):
+    """Block `block` of a table launch (numbered in column COL): its tensor's
+    scores and default mask, the tensor's entry count, the block's offsets
+    in it, its tie-count slot, and the tensor's table row."""
+    entry = table_ptr + _row_of(table_ptr, rows, steps, block, COL) * 9
+    bits = tl.load(entry + 0).to(tl.pointer_type(bits_ptr.dtype.element_ty))
+    prev = tl.load(entry + 1).to(tl.pointer_type(prev_ptr.dtype.element_ty))
+    local = block - tl.load(entry + COL)
+    offs = local * BLOCK + tl.arange(0, BLOCK)
+    return bits, prev, tl.load(entry + 3), offs, tl.load(entry + 8) + local, entry
+
+
+@triton.jit
 def _gate_open(state_ptr, GATE: tl.constexpr):
     """Whether a kernel launched with this GATE runs (see the module doc)."""
     hit = tl.load(state_ptr + 5)  # HIT
@@ -46,9 +91,9 @@ def _gate_open(state_ptr, GATE: tl.constexpr):
 
 @triton.jit
 def histogram_kernel(
-    bits_ptr, prev_ptr, n, hist_ptr, hist_base, replica_stride, state_ptr,
+    bits_ptr, prev_ptr, n, table_ptr, rows, steps, hist_ptr, hist_base, replica_stride, state_ptr,
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
-    ONE: tl.constexpr, FILTER: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr, TABLE: tl.constexpr,
     SHIFT: tl.constexpr, DIGIT_BITS: tl.constexpr, FIRST: tl.constexpr,
     BLOCK: tl.constexpr, REPLICAS: tl.constexpr, GATE: tl.constexpr, COUNTED: tl.constexpr,
 ):
@@ -69,25 +114,63 @@ def histogram_kernel(
         else:
             count = n
         hist_ptr += hist_base + (tl.program_id(0) % REPLICAS).to(tl.int64) * replica_stride
-        for block in range(tl.program_id(0).to(tl.int64), tl.cdiv(count, BLOCK).to(tl.int64), tl.num_programs(0)):
-            offs = block * BLOCK + tl.arange(0, BLOCK)  # (an int64 block: 64-bit offsets)
-            in_range = offs < count
-            key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+        if TABLE:
+            blocks = tl.load(table_ptr + rows * 9 + 5)  # the closing row: the group's blocks
+        else:
+            blocks = block_count(count, BLOCK)
+        for block in range(tl.program_id(0).to(tl.int64), blocks, tl.num_programs(0)):
+            if TABLE:
+                bits, prev, limit, offs, _, _ = _table_block(table_ptr, rows, steps, block, bits_ptr, prev_ptr, 5, BLOCK)
+            else:
+                bits, prev, limit = bits_ptr, prev_ptr, count
+                offs = block * BLOCK + tl.arange(0, BLOCK)  # (an int64 block: 64-bit offsets)
+            in_range = offs < limit
+            key = magnitude_key(tl.load(bits + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
             valid = in_range
             if FILTER:
-                valid = valid & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+                valid = valid & (tl.load(prev + offs, mask=in_range, other=0) == ONE)
             if not FIRST:
                 valid = valid & ((key >> (SHIFT + DIGIT_BITS)) == tl.load(state_ptr + 0))  # PREFIX
             digit = ((key >> SHIFT) & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
-            # Ties all land in one bin and would serialise on one atomic: add
-            # the block's smallest digit (zeros, the common tie) with a single
-            # atomic, and the others one by one.
-            low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
-            at_low = valid & (digit == low)
-            n_low = tl.sum(at_low.to(tl.int64), axis=0)
-            tl.atomic_add(hist_ptr + low, n_low, mask=n_low > 0, sem="relaxed")
-            rest = valid & (digit != low)
-            tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
+            add_block_histogram(hist_ptr, digit, valid, BLOCK, DIGIT_BITS)
+
+
+@triton.jit
+def add_block_histogram(hist_ptr, digit, valid, BLOCK: tl.constexpr, DIGIT_BITS: tl.constexpr):
+    """hist[d] += the valid lanes of the block whose digit is d, with one
+    atomic per crowded bin rather than one per lane: the candidate passes
+    and tied data crowd a block into a few bins, and their lanes would
+    serialise on those addresses. The smallest digit first (zeros, the
+    common tie of pruned weights); then, up to PEEL times, the digit of the
+    first lane not yet counted (a lane drawn by place: a bin is drawn about
+    as often as it is crowded), until a drawn bin holds fewer than CROWD
+    lanes. Each of those bins takes one atomic; the lanes left, spread over
+    many bins, one each. Returns how many lanes did (for the tests)."""
+    PEEL: tl.constexpr = 16
+    CROWD: tl.constexpr = 8
+    low = tl.min(tl.where(valid, digit, 1 << DIGIT_BITS), axis=0)
+    at_low = valid & (digit == low)
+    n_low = tl.sum(at_low.to(tl.int64), axis=0)
+    tl.atomic_add(hist_ptr + low, n_low, mask=n_low > 0, sem="relaxed")
+    rest = valid & (digit != low)
+    # (place, digit) in one integer: its min is the first lane left, and its
+    # digit; 32 bits where they fit (a GPU's blocks), to spare registers
+    if (BLOCK << DIGIT_BITS) < 2**31:
+        packed = (tl.arange(0, BLOCK) << DIGIT_BITS) | digit
+    else:
+        packed = (tl.arange(0, BLOCK).to(tl.int64) << DIGIT_BITS) | digit
+    drawn = tl.zeros([], tl.int32)
+    n_at = tl.full([], CROWD, tl.int64)
+    while (drawn < PEEL) & (n_at >= CROWD):
+        first = tl.min(tl.where(rest, packed, BLOCK << DIGIT_BITS), axis=0)  # digit 0 when none is left
+        d = (first & ((1 << DIGIT_BITS) - 1)).to(tl.int32)
+        at = rest & (digit == d)
+        n_at = tl.sum(at.to(tl.int64), axis=0)
+        tl.atomic_add(hist_ptr + d, n_at, mask=n_at > 0, sem="relaxed")
+        rest = rest & (digit != d)
+        drawn += 1
+    tl.atomic_add(hist_ptr + digit, tl.full([BLOCK], 1, tl.int64), mask=rest, sem="relaxed")
+    return tl.sum(rest.to(tl.int32), axis=0)
 
 
 @triton.jit
@@ -162,26 +245,35 @@ def _select_bucket(
 
 @triton.jit
 def sample_kernel(
-    bits_ptr, prev_ptr, n, count, sample_ptr, sample_base,
+    bits_ptr, prev_ptr, n, table_ptr, rows, steps, count, sample_ptr, sample_base,
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
-    ONE: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr, TABLE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """sample[sample_base + i] = the int64 key of entry i * n // count, for
-    i < count; a dead entry (FILTER, mask not 1) takes the largest key."""
+    i < count (of a table: of its tensors end to end, n entries in all); a
+    dead entry (FILTER, mask not 1) takes the largest key."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     wanted = i < count
     where = i * n // count
-    key = magnitude_key(tl.load(bits_ptr + where, mask=wanted, other=0), ABS_MASK, INF_BITS, WIDE).to(tl.int64)
+    if TABLE:  # each entry's tensor, by the tensors' first entries
+        entry = table_ptr + _row_of(table_ptr, rows, steps, where, 4) * 9
+        bits = tl.load(entry + 0).to(tl.pointer_type(bits_ptr.dtype.element_ty))
+        prev = tl.load(entry + 1).to(tl.pointer_type(prev_ptr.dtype.element_ty))
+        where -= tl.load(entry + 4)
+    else:
+        bits, prev = bits_ptr, prev_ptr
+    key = magnitude_key(tl.load(bits + where, mask=wanted, other=0), ABS_MASK, INF_BITS, WIDE).to(tl.int64)
     if FILTER:
-        key = tl.where(tl.load(prev_ptr + where, mask=wanted, other=0) == ONE, key, ABS_MASK)
+        key = tl.where(tl.load(prev + where, mask=wanted, other=0) == ONE, key, ABS_MASK)
     tl.store(sample_ptr + sample_base + i, key, mask=wanted)
 
 
 @triton.jit
 def window_kernel(
-    bits_ptr, prev_ptr, n, window_ptr, cand_ptr, capacity, state_ptr, below_ptr, alive_ptr, count_base,
+    bits_ptr, prev_ptr, n, table_ptr, rows, steps,
+    window_ptr, cand_ptr, capacity, state_ptr, below_ptr, alive_ptr, count_base,
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
-    ONE: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr, TABLE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """The one pass over all entries when a sampled window [lo, hi] =
     window[0:2] brackets the k-th key: below[count_base + block] = alive
@@ -190,12 +282,16 @@ def window_kernel(
     all, stored or not: the first `capacity` are). No histogram, so no
     atomic per entry: one per block reserves its candidates' places."""
     pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    in_range = offs < n
-    key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+    if TABLE:
+        bits, prev, limit, offs, _, _ = _table_block(table_ptr, rows, steps, pid, bits_ptr, prev_ptr, 6, BLOCK)
+    else:
+        bits, prev, limit = bits_ptr, prev_ptr, n
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < limit
+    key = magnitude_key(tl.load(bits + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
     alive = in_range
     if FILTER:
-        alive = alive & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+        alive = alive & (tl.load(prev + offs, mask=in_range, other=0) == ONE)
     lo = tl.load(window_ptr)
     hi = tl.load(window_ptr + 1)
     tl.store(below_ptr + count_base + pid, tl.sum((alive & (key < lo)).to(tl.int64), axis=0))
@@ -209,9 +305,9 @@ def window_kernel(
 
 @triton.jit
 def count_ties_kernel(
-    bits_ptr, prev_ptr, n, state_ptr, counts_ptr, count_base,
+    bits_ptr, prev_ptr, n, table_ptr, rows, steps, state_ptr, counts_ptr, count_base,
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
-    ONE: tl.constexpr, FILTER: tl.constexpr, BLOCK: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr, TABLE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """counts[count_base + block] = alive keys of the block equal to T, when
     the cut splits those keys (RANK < IN_BIN). Otherwise every key == T is
@@ -220,22 +316,30 @@ def count_ties_kernel(
     this pass costs a launch of a few programs (they stride over the blocks,
     as in histogram_kernel)."""
     if tl.load(state_ptr + 1) < tl.load(state_ptr + 4):  # RANK < IN_BIN
-        for block in range(tl.program_id(0).to(tl.int64), tl.cdiv(n, BLOCK).to(tl.int64), tl.num_programs(0)):
-            offs = block * BLOCK + tl.arange(0, BLOCK)
-            in_range = offs < n
-            key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+        if TABLE:
+            blocks = tl.load(table_ptr + rows * 9 + 7)  # the closing row: the group's blocks
+        else:
+            blocks = block_count(n, BLOCK)
+        for block in range(tl.program_id(0).to(tl.int64), blocks, tl.num_programs(0)):
+            if TABLE:
+                bits, prev, limit, offs, slot, _ = _table_block(table_ptr, rows, steps, block, bits_ptr, prev_ptr, 7, BLOCK)
+            else:
+                bits, prev, limit, slot = bits_ptr, prev_ptr, n, count_base + block
+                offs = block * BLOCK + tl.arange(0, BLOCK)
+            in_range = offs < limit
+            key = magnitude_key(tl.load(bits + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
             alive = in_range
             if FILTER:
-                alive = alive & (tl.load(prev_ptr + offs, mask=in_range, other=0) == ONE)
+                alive = alive & (tl.load(prev + offs, mask=in_range, other=0) == ONE)
             ties = alive & (key == tl.load(state_ptr + 0))  # PREFIX
-            tl.store(counts_ptr + count_base + block, tl.sum(ties.to(tl.int64), axis=0))
+            tl.store(counts_ptr + slot, tl.sum(ties.to(tl.int64), axis=0))
 
 
 @triton.jit
 def write_mask_kernel(
-    bits_ptr, prev_ptr, out_ptr, n, state_ptr, ties_before_ptr, count_base,
+    bits_ptr, prev_ptr, n, table_ptr, rows, steps, out_ptr, state_ptr, ties_before_ptr, count_base,
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
-    ONE: tl.constexpr, FILTER: tl.constexpr, HAS_PREV: tl.constexpr,
+    ONE: tl.constexpr, FILTER: tl.constexpr, TABLE: tl.constexpr, HAS_PREV: tl.constexpr,
     OUT_ONE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """out = 0 where selected, else the previous mask (or OUT_ONE). Selected:
@@ -244,11 +348,16 @@ def write_mask_kernel(
     zero when every key == T is selected, and then each block's own ranks
     are below r)."""
     pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    in_range = offs < n
-    key = magnitude_key(tl.load(bits_ptr + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
+    if TABLE:
+        bits, prev, limit, offs, slot, entry = _table_block(table_ptr, rows, steps, pid, bits_ptr, prev_ptr, 7, BLOCK)
+        out = tl.load(entry + 2).to(tl.pointer_type(out_ptr.dtype.element_ty))
+    else:
+        bits, prev, out, limit, slot = bits_ptr, prev_ptr, out_ptr, n, count_base + pid
+        offs = pid * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < limit
+    key = magnitude_key(tl.load(bits + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
     if HAS_PREV:  # (FILTER implies HAS_PREV: the mask is read once)
-        keep = tl.load(prev_ptr + offs, mask=in_range, other=0)
+        keep = tl.load(prev + offs, mask=in_range, other=0)
     else:
         keep = tl.full([BLOCK], OUT_ONE, out_ptr.dtype.element_ty)
     alive = in_range
@@ -256,6 +365,6 @@ def write_mask_kernel(
         alive = alive & (keep == ONE)
     threshold = tl.load(state_ptr + 0)  # PREFIX
     ties = alive & (key == threshold)
-    tie_rank = tl.load(ties_before_ptr + count_base + pid) + tl.cumsum(ties.to(tl.int32), axis=0) - 1
+    tie_rank = tl.load(ties_before_ptr + slot) + tl.cumsum(ties.to(tl.int32), axis=0) - 1
     selected = alive & ((key < threshold) | (ties & (tie_rank < tl.load(state_ptr + 1))))  # RANK
-    tl.store(out_ptr + offs, tl.where(selected, tl.zeros_like(keep), keep), mask=in_range)
+    tl.store(out + offs, tl.where(selected, tl.zeros_like(keep), keep), mask=in_range)

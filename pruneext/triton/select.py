@@ -2,21 +2,26 @@
 and launches the kernels of kernels.py.
 
 For a list of tensors (the single-tensor op is a list of one), with
-P = len(KeyPlan.digits) radix passes (fp32: 3, fp16/bf16: 1, fp64: 6):
+P = len(KeyPlan.digits) radix passes (fp32: 3, fp16/bf16: 1, fp64: 6), and
+the tensors in groups of one kind (table.py: one launch per group covers all
+its tensors; a list usually is one group):
 
     with WINDOW_MIN entries or more (window.py):
-      window.bounds                  (sample_kernel per tensor, a sort)
-      window_kernel per tensor       (counts below the window, candidates)
+      window.bounds                  (sample_kernel per group, a sort)
+      window_kernel per group        (counts below the window, candidates)
       window.decide                  (torch ops: state[HIT])
       the P passes over the candidates        (run on a hit)
-      the P passes over every tensor          (run on a miss)
-    else: the P passes over every tensor, where each pass is
-      histogram_kernel per tensor (one shared histogram),
+      the P passes over every group           (run on a miss)
+    else: the P passes over every group, where each pass is
+      histogram_kernel per group (one shared histogram),
       then select_bucket_kernel (one program)
-    count_ties_kernel per tensor   (keys == T per block, one shared buffer;
+    count_ties_kernel per group    (keys == T per block, one shared buffer;
                                     reads nothing unless the cut splits them)
     torch.cumsum                   (exclusive scan of those counts, int64)
-    write_mask_kernel per tensor   (the mask, ties in flat / list order)
+    write_mask_kernel per group    (the mask, ties in flat / list order)
+
+A LLaMA-7B-shaped list of 226 bf16 tensors: 8 launches (per tensor before
+the tables: 1,133). A traced graph launches per tensor (table.py says why).
 
 k == 0 skips straight to the write. The scores are never concatenated:
 the temporaries are the histograms (HIST_REPLICAS copies of a few thousand
@@ -26,6 +31,7 @@ k > the alive count when that count lives on the device (among_alive with a
 default mask): then one `.item()` after everything is launched, and only in
 eager mode (a traced graph cannot raise; see select_bucket_kernel).
 """
+import contextlib
 import functools
 
 import torch
@@ -33,7 +39,7 @@ import triton
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
-from . import kernels, window
+from . import kernels, table, window
 from .keys import KEY_PLANS, MASK_BITS
 
 # TRITON_INTERPRET=1 (read by @triton.jit when kernels.py was imported) makes
@@ -75,6 +81,15 @@ def _launch(kernel, grid, *args, tracing=False, **meta):
     wrap_triton(kernel)[grid](*args, num_warps=NUM_WARPS, **meta)
 
 
+def _device_guard(device, tracing):
+    """Triton launches on the current CUDA device and its current stream,
+    not the tensors': make their device the current one. (A traced graph
+    gets Inductor's own guards, and fake tensors have no device to enter.)"""
+    if device.type != "cuda" or tracing:
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
 def _key_consts(plan, one, filter):
     """The constexprs of every kernel's key and alive test."""
     return dict(ABS_MASK=plan.abs_mask, INF_BITS=plan.inf_bits, WIDE=plan.wide, ONE=one, FILTER=filter)
@@ -82,9 +97,7 @@ def _key_consts(plan, one, filter):
 
 class _Job:
     """One tensor of the list: integer views of its scores and default mask,
-    its output, and where its blocks' tie counts go."""
-
-    counted = False  # all n entries are read (see _Candidates)
+    its output, and where its blocks' tie counts go (in list order)."""
 
     def __init__(self, scores, prev, among_alive, count_base):
         self.n = scores.numel()
@@ -99,12 +112,13 @@ class _Job:
         self.out = torch.empty(scores.shape, dtype=out_bits_dtype, device=scores.device)
         self.blocks = triton.cdiv(self.n, MASK_BLOCK)  # of the mask passes
         self.count_base = count_base
+        # the default mask as the kernels take it: without one, never read
+        self.key_prev = self.bits if self.prev is None else self.prev
+        # what a table launch must share (table.Group): the kernels' constexprs
+        self.kind = (self.key_prev.dtype, self.filter, self.prev_one, self.prev is not None, self.out.dtype, self.out_one)
 
-    def key_args(self, plan):
-        """The (prev pointer, constexprs) that every kernel's key and alive
-        test take; without a default mask the pointer is never read."""
-        prev = self.bits if self.prev is None else self.prev
-        return prev, _key_consts(plan, self.prev_one, self.filter)
+    def key_consts(self, plan):
+        return _key_consts(plan, self.prev_one, self.filter)
 
     def result(self):
         return self.out.view(self.out_dtype)
@@ -152,47 +166,55 @@ class _Candidates:
         self.n = capacity
         self.bits = torch.empty(capacity, dtype=plan.bits_dtype, device=device)
 
-    def key_args(self, plan):
-        return self.bits, _key_consts(plan, 1, False)
+    def args(self):  # as table.Group's, handed directly
+        return self.bits, self.bits, self.n, self.bits, 1, 0
+
+    def key_consts(self, plan):
+        return dict(_key_consts(plan, 1, False), TABLE=False)
+
+    def block_count(self, col, size):
+        return triton.cdiv(self.n, size)
 
 
-def _window_pass(jobs, plan, k, entries, cands, state, tracing):
-    """window.bounds, window_kernel over every tensor, window.decide."""
-    bounds = window.bounds(jobs, plan, k, entries, functools.partial(_launch, tracing=tracing))
-    blocks = [triton.cdiv(job.n, WINDOW_BLOCK) for job in jobs]
+def _window_pass(groups, plan, k, entries, cands, state, tracing):
+    """window.bounds, window_kernel over every group, window.decide."""
+    bounds = window.bounds(groups, plan, k, entries, functools.partial(_launch, tracing=tracing))
+    blocks = [g.block_count(table.WINDOW, WINDOW_BLOCK) for g in groups]
     below = torch.zeros(sum(blocks), dtype=torch.int64, device=cands.bits.device)
     alive = torch.zeros_like(below)
     base = 0
-    for job, count in zip(jobs, blocks):
-        prev, consts = job.key_args(plan)
+    for g, count in zip(groups, blocks):
         _launch(
             kernels.window_kernel, (count,),
-            job.bits, prev, job.n, bounds, cands.bits, cands.n, state, below, alive, base,
-            BLOCK=WINDOW_BLOCK, tracing=tracing, **consts,
+            *g.args(), bounds, cands.bits, cands.n, state, below, alive, base,
+            BLOCK=WINDOW_BLOCK, tracing=tracing, **g.key_consts(plan),
         )
         base += count
     window.decide(state, below.sum(), alive.sum(), k, cands.n)
 
 
+def _hist_block(plan):
+    # 64-bit keys take half the block: Triton 3.6 spills the full one.
+    return HIST_BLOCK // 2 if plan.wide else HIST_BLOCK
+
+
 def _radix_passes(sources, plan, k, state, tracing, gate, from_k=True):
-    """The radix passes over `sources` (tensors of the list, or the
-    candidates), each a histogram then a bucket select, narrowing state to
-    the threshold T; every kernel launched with `gate`."""
+    """The radix passes over `sources` (groups of the list's tensors, or
+    the candidates), each a histogram then a bucket select, narrowing state
+    to the threshold T; every kernel launched with `gate`."""
     bases, nbins = [], 0
     for _, bits in plan.digits:
         bases.append(nbins)
         nbins += 1 << bits
     hist = torch.zeros(HIST_REPLICAS * nbins, dtype=torch.int64, device=state.device)
-    # 64-bit keys take half the block: Triton 3.6 spills the full one.
-    block = HIST_BLOCK // 2 if plan.wide else HIST_BLOCK
+    block = _hist_block(plan)
     for p, (shift, bits) in enumerate(plan.digits):
         for src in sources:
-            prev, consts = src.key_args(plan)
             _launch(
-                kernels.histogram_kernel, (min(triton.cdiv(src.n, block), MAX_PROGRAMS),),
-                src.bits, prev, src.n, hist, bases[p], nbins, state,
+                kernels.histogram_kernel, (max(1, min(src.block_count(table.HIST, block), MAX_PROGRAMS)),),
+                *src.args(), hist, bases[p], nbins, state,
                 SHIFT=shift, DIGIT_BITS=bits, FIRST=p == 0, BLOCK=block, REPLICAS=HIST_REPLICAS,
-                GATE=gate, COUNTED=src.counted, tracing=tracing, **consts,
+                GATE=gate, COUNTED=src.counted, tracing=tracing, **src.key_consts(plan),
             )
         _launch(
             kernels.select_bucket_kernel, (1,), hist, bases[p], nbins, state, k,
@@ -223,34 +245,35 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
         if k > total:
             raise RuntimeError(f"{op}: k={k} exceeds the {total} entries that can be pruned")
 
-    state = torch.zeros(kernels.STATE_SIZE, dtype=torch.int64, device=device)
-    counts = torch.zeros(max(blocks, 1), dtype=torch.int64, device=device)
-    if k > 0 and live:
-        entries = sum(j.n for j in live)
-        if entries >= WINDOW_MIN:
-            cands = _Candidates(plan, window.capacity(entries), device)
-            _window_pass(live, plan, k, entries, cands, state, tracing)
-            _radix_passes([cands], plan, k, state, tracing, kernels.ON_HIT, from_k=False)
-            _radix_passes(live, plan, k, state, tracing, kernels.ON_MISS)
+    with _device_guard(device, tracing):
+        blocks_of = {table.HIST: _hist_block(plan), table.WINDOW: WINDOW_BLOCK, table.MASK: MASK_BLOCK}
+        groups = table.groups(live, blocks_of, device, tracing)
+        state = torch.zeros(kernels.STATE_SIZE, dtype=torch.int64, device=device)
+        counts = torch.zeros(max(blocks, 1), dtype=torch.int64, device=device)
+        if k > 0 and live:
+            entries = sum(j.n for j in live)
+            if entries >= WINDOW_MIN:
+                cands = _Candidates(plan, window.capacity(entries), device)
+                _window_pass(groups, plan, k, entries, cands, state, tracing)
+                _radix_passes([cands], plan, k, state, tracing, kernels.ON_HIT, from_k=False)
+                _radix_passes(groups, plan, k, state, tracing, kernels.ON_MISS)
+            else:
+                _radix_passes(groups, plan, k, state, tracing, kernels.ALWAYS)
+            for g in groups:
+                _launch(
+                    kernels.count_ties_kernel, (min(g.block_count(table.MASK, MASK_BLOCK), MAX_PROGRAMS),),
+                    *g.args(), state, counts, g.count_base,
+                    BLOCK=MASK_BLOCK, tracing=tracing, **g.key_consts(plan),
+                )
+            ties_before = torch.cumsum(counts, 0) - counts
         else:
-            _radix_passes(live, plan, k, state, tracing, kernels.ALWAYS)
-        for job in live:
-            prev, consts = job.key_args(plan)
+            ties_before = counts
+        for g in groups:
             _launch(
-                kernels.count_ties_kernel, (min(job.blocks, MAX_PROGRAMS),),
-                job.bits, prev, job.n, state, counts, job.count_base,
-                BLOCK=MASK_BLOCK, tracing=tracing, **consts,
+                kernels.write_mask_kernel, (g.block_count(table.MASK, MASK_BLOCK),),
+                *g.args(), g.out, state, ties_before, g.count_base,
+                HAS_PREV=g.has_prev, OUT_ONE=g.out_one, BLOCK=MASK_BLOCK, tracing=tracing, **g.key_consts(plan),
             )
-        ties_before = torch.cumsum(counts, 0) - counts
-    else:
-        ties_before = counts
-    for job in live:
-        prev, consts = job.key_args(plan)
-        _launch(
-            kernels.write_mask_kernel, (job.blocks,),
-            job.bits, prev, job.out, job.n, state, ties_before, job.count_base,
-            HAS_PREV=job.prev is not None, OUT_ONE=job.out_one, BLOCK=MASK_BLOCK, tracing=tracing, **consts,
-        )
     if filters and k > 0 and not tracing:
         total = int(state[kernels.TOTAL])  # the one host sync
         if k > total:

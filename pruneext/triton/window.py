@@ -3,7 +3,8 @@ have it: one pass over the entries instead of a histogram over all of them.
 
 A strided sample of the keys brackets the k-th alive key between two of the
 sample's order statistics, lo <= hi, MARGIN_SIGMAS standard deviations of a
-sample rank either side of where it should fall. window_kernel then reads
+sample rank either side of where it should fall (the count of sample keys
+below the k-th key is binomial: S draws, each below with chance r / S). window_kernel then reads
 every entry once: it counts the alive keys below lo and in all, and appends
 those within [lo, hi] to a candidate buffer. If the k-th key is among them
 (below < rank <= below + candidates, and they all fit), the radix passes run
@@ -24,9 +25,12 @@ from . import kernels
 
 SAMPLE = 1 << 16  # keys in the sample (all entries' keys when there are fewer)
 SAMPLE_BLOCK = 1024
-MARGIN_SIGMAS = 4.0  # a sample rank's error is about sqrt(rank)
-# The window holds about 2 * MARGIN_SIGMAS * sqrt(rank) / SAMPLE of the
-# entries (2 % at SAMPLE = 2^16); the buffer takes 1/CAPACITY_DIV of them.
+MARGIN_SIGMAS = 4.0  # a sample rank r of S errs by about sqrt(r (1 - r / S))
+# The window holds about 2 * MARGIN_SIGMAS * sqrt(r (1 - r/S)) / S of the
+# entries, at most 4 / sqrt(S) (1.6 % at SAMPLE = 2^16, at r = S / 2), plus
+# the keys equal to its ends; the buffer takes 1/CAPACITY_DIV of them.
+# (A margin of sqrt(r) tended to 8 / sqrt(S), 3.1 %, the whole buffer, as
+# the amount neared 1, and bf16's ties overflowed it.)
 CAPACITY_DIV = 32
 CAPACITY_SLACK = 4096
 
@@ -35,27 +39,27 @@ def capacity(entries):
     return entries // CAPACITY_DIV + CAPACITY_SLACK
 
 
-def bounds(jobs, plan, k, entries, launch):
+def bounds(groups, plan, k, entries, launch):
     """The window [lo, hi] of keys, as an int64 tensor of two, from a
-    strided sample of every tensor of the list (in proportion to its size;
-    sample_kernel, launched through `launch`). Dead entries (mask not 1,
+    strided sample of every group of the list's tensors (table.Group; in
+    proportion to its size; sample_kernel, launched through `launch`). Dead entries (mask not 1,
     with among_alive) take the largest key, with the NaNs: the alive keys
     keep their order below them, and the k-th alive key of all sits near
     sample rank k * samples / entries, whatever the share of alive entries."""
-    counts = [min(job.n, (SAMPLE * job.n + entries - 1) // entries) for job in jobs]  # ceil: at least 1
-    sample = torch.empty(sum(counts), dtype=torch.int64, device=jobs[0].bits.device)
+    counts = [min(g.n, (SAMPLE * g.n + entries - 1) // entries) for g in groups]  # ceil: at least 1
+    sample = torch.empty(sum(counts), dtype=torch.int64, device=groups[0].bits.device)
     start = 0
-    for job, count in zip(jobs, counts):
-        prev, consts = job.key_args(plan)
+    for g, count in zip(groups, counts):
         launch(
             kernels.sample_kernel, (triton.cdiv(count, SAMPLE_BLOCK),),
-            job.bits, prev, job.n, count, sample, start, BLOCK=SAMPLE_BLOCK, **consts,
+            *g.args(), count, sample, start, BLOCK=SAMPLE_BLOCK, **g.key_consts(plan),
         )
         start += count
     sample = torch.sort(sample).values
-    rank = k * sample.numel() / entries
-    margin = MARGIN_SIGMAS * math.sqrt(rank) + 2
-    last = sample.numel() - 1  # (a k past the entries, which the host refuses later, ranks past it)
+    size = sample.numel()
+    rank = k * size / entries
+    margin = MARGIN_SIGMAS * math.sqrt(rank * max(0.0, 1 - rank / size)) + 2
+    last = size - 1  # (a k past the entries, which the host refuses later, ranks past it)
     lo_at, hi_at = min(math.floor(rank - margin), last), math.ceil(rank + margin)
     lo = sample[lo_at] if lo_at >= 0 else sample.new_zeros(())
     hi = sample[hi_at] if hi_at <= last else sample.new_full((), plan.abs_mask)
