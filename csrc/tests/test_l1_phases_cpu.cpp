@@ -9,16 +9,11 @@
 #include <optional>
 #include <vector>
 
+#include "expect.h"
+
 namespace {
 
-int failures = 0;
-
-void expect(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "FAILED: %s\n", what);
-    ++failures;
-  }
-}
+using pruneext_test::expect;
 
 using Masks = c10::List<std::optional<at::Tensor>>;
 
@@ -103,6 +98,5 @@ int main() {
     raised = true;
   }
   expect(raised, "a tie budget per tensor");
-  std::printf("%s (%d failures)\n", failures == 0 ? "OK" : "FAILED", failures);
-  return failures == 0 ? 0 : 1;
+  return pruneext_test::report();
 }
