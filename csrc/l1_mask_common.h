@@ -82,13 +82,15 @@ inline bool is_kernel_mask_dtype(at::ScalarType t) {
   }
 }
 
-// Validates the arguments of l1_mask / l1_mask_global and allocates outputs.
+// Validates the arguments of l1_mask / l1_mask_global (and of the phases)
+// and allocates outputs unless the op only reads (allocate_outputs false).
 inline MaskProblem prepare_problem(
     at::TensorList scores,
     const std::vector<std::optional<at::Tensor>>& prev_masks,
     int64_t k,
     bool among_alive,
-    const char* op_name) {
+    const char* op_name,
+    bool allocate_outputs = true) {
   TORCH_CHECK(k >= 0, op_name, ": k must be non-negative, got ", k);
   TORCH_CHECK(
       prev_masks.empty() || prev_masks.size() == scores.size(), op_name,
@@ -144,7 +146,9 @@ inline MaskProblem prepare_problem(
       job.prev = prev_masks[i]->contiguous();
     }
     job.final_dtype = has_prev ? p.mask_dtype : p.score_dtype;
-    job.out = at::empty(scores[i].sizes(), scores[i].options().dtype(p.mask_dtype));
+    if (allocate_outputs) {
+      job.out = at::empty(scores[i].sizes(), scores[i].options().dtype(p.mask_dtype));
+    }
     p.jobs.push_back(std::move(job));
   }
   return p;
@@ -192,6 +196,105 @@ struct MaskOps {
     auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, "l1_mask_global");
     Run(p);
     return finish_problem(p);
+  }
+};
+
+// Bits of the magnitude key of a score dtype (magnitude_key.h).
+inline int key_bits(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return Float64Key::kKeyBits;
+    case at::kHalf: return Float16Key::kKeyBits;
+    case at::kBFloat16: return BFloat16Key::kKeyBits;
+    default: return Float32Key::kKeyBits;
+  }
+}
+
+// A backend's three phase ops (ops.cpp) around its Impl:
+//   at::Tensor Impl::key_histogram(MaskProblem&, int shift, int bits, uint64_t prefix)
+//   at::Tensor Impl::count_equal(MaskProblem&, uint64_t threshold)
+//   void Impl::mask_write(MaskProblem&, uint64_t threshold, const std::vector<int64_t>& ties)
+// The checks, and the cases no key can meet, are handled here: Impl gets a
+// non-empty list, a prefix and threshold that are keys of the score dtype,
+// and tie budgets clamped to [0, numel] (numel: every tie of the tensor).
+template <typename Impl>
+struct PhaseOps {
+  static at::Tensor l1_key_histogram(
+      at::TensorList scores,
+      const c10::List<std::optional<at::Tensor>>& default_masks,
+      bool among_alive,
+      int64_t shift,
+      int64_t bits,
+      int64_t prefix) {
+    constexpr const char* op = "l1_key_histogram";
+    auto p = prepare_problem(scores, to_vector(default_masks), 0, among_alive, op, false);
+    const int w = key_bits(p.score_dtype);
+    TORCH_CHECK(1 <= bits && bits <= 16, op, ": bits must be in [1, 16], got ", bits);
+    TORCH_CHECK(shift >= 0, op, ": shift must be non-negative, got ", shift);
+    TORCH_CHECK(
+        shift + bits <= w, op, ": shift + bits = ", shift + bits, " exceeds the ", w,
+        " bits of the ", p.score_dtype, " key");
+    // a prefix of the (w - shift - bits) high bits, else no key has it
+    const int high = static_cast<int>(shift + bits);
+    const bool reachable = prefix >= 0 && (static_cast<uint64_t>(prefix) >> (w - high)) == 0;
+    if (p.jobs.empty() || !reachable) {
+      const auto device = scores.empty() ? at::Device(at::kCPU) : scores[0].device();
+      return at::zeros({int64_t(1) << bits}, at::TensorOptions().dtype(at::kLong).device(device));
+    }
+    return Impl::key_histogram(p, static_cast<int>(shift), static_cast<int>(bits), static_cast<uint64_t>(prefix));
+  }
+
+  static at::Tensor l1_count_equal(
+      at::TensorList scores,
+      const c10::List<std::optional<at::Tensor>>& default_masks,
+      bool among_alive,
+      int64_t threshold) {
+    auto p = prepare_problem(scores, to_vector(default_masks), 0, among_alive, "l1_count_equal", false);
+    if (p.jobs.empty() || !is_key(p, threshold)) {
+      const auto device = scores.empty() ? at::Device(at::kCPU) : scores[0].device();
+      return at::zeros(
+          {static_cast<int64_t>(scores.size())}, at::TensorOptions().dtype(at::kLong).device(device));
+    }
+    return Impl::count_equal(p, static_cast<uint64_t>(threshold));
+  }
+
+  static std::vector<at::Tensor> l1_mask_write(
+      at::TensorList scores,
+      const c10::List<std::optional<at::Tensor>>& default_masks,
+      bool among_alive,
+      int64_t threshold,
+      at::IntArrayRef ties) {
+    constexpr const char* op = "l1_mask_write";
+    TORCH_CHECK(
+        ties.size() == scores.size(), op, ": expected ", scores.size(), " tie budgets, got ",
+        ties.size());
+    for (size_t j = 0; j < ties.size(); ++j) {
+      TORCH_CHECK(ties[j] >= 0, op, ": tie budget ", ties[j], " of tensor ", j, " is negative");
+    }
+    auto p = prepare_problem(scores, to_vector(default_masks), 0, among_alive, op);
+    if (p.jobs.empty()) {
+      return {};
+    }
+    // Below every key nothing is selected; above every key all of it is
+    // (as key <= the largest key with every tie).
+    const uint64_t max_key = max_key_of(p);
+    const bool above_all = threshold >= 0 && static_cast<uint64_t>(threshold) > max_key;
+    std::vector<int64_t> budgets(ties.size());
+    for (size_t j = 0; j < ties.size(); ++j) {
+      const int64_t n = p.jobs[j].scores.numel();
+      budgets[j] = threshold < 0 ? 0 : above_all ? n : std::min(ties[j], n);
+    }
+    const uint64_t key = threshold < 0 ? 0 : above_all ? max_key : static_cast<uint64_t>(threshold);
+    Impl::mask_write(p, key, budgets);
+    return finish_problem(p);
+  }
+
+ private:
+  // the largest key, that of NaN: 2^w - 1
+  static uint64_t max_key_of(const MaskProblem& p) {
+    return (uint64_t(1) << key_bits(p.score_dtype)) - 1;
+  }
+  static bool is_key(const MaskProblem& p, int64_t v) {
+    return v >= 0 && static_cast<uint64_t>(v) <= max_key_of(p);
   }
 };
 

@@ -41,20 +41,22 @@
 
 #include <algorithm>
 #include <cstddef>
-#include <cstring>
 #include <optional>
 #include <vector>
 
 #include "../l1_mask_common.h"
+#include "l1_mask_host.cuh"
 #include "l1_mask_kernels.cuh"
+#include "l1_select_kernels.cuh"
 
 namespace pruneext {
 namespace {
 
+using cuda::ceil_div;
 using cuda::DevState;
-using cuda::TensorDesc;
 using cuda::TileConfig;
 using cuda::ull;
+using cuda::wave_blocks;
 
 // Sampling pays off only where a full pass is worth saving.
 constexpr int64_t kSampleMinTiles = 256;
@@ -62,27 +64,6 @@ constexpr int64_t kSampleMaxStride = 32;
 // The candidate buffer holds this fraction of the entries (plus a little).
 constexpr int64_t kCandDivisor = 8;
 constexpr int64_t kCandExtra = 4096;
-
-int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
-int device_attribute(cudaDeviceAttr attr) {
-  int value = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, attr, c10::cuda::current_device()));
-  return value;
-}
-
-// Blocks for a grid-stride kernel: one full wave of resident blocks, no more
-// than there is work, at least one.
-template <typename Kernel>
-int64_t wave_blocks(Kernel kernel, int block, size_t smem, int64_t work) {
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block, smem));
-  const int64_t sms = device_attribute(cudaDevAttrMultiProcessorCount);
-  const int64_t wave = std::max<int64_t>(1, per_sm) * sms;
-  return std::max<int64_t>(1, std::min(wave, work));
-}
 
 template <typename Traits>
 class CudaSelect {
@@ -103,29 +84,17 @@ class CudaSelect {
 
   void run() {
     const auto device = p_.jobs[0].scores.device();
-    std::vector<TensorDesc> descs;
-    descs.reserve(p_.jobs.size());
-    bool any_prev = false;
-    for (auto& job : p_.jobs) {
-      TensorDesc d;
-      d.scores = job.scores.data_ptr();
-      d.prev = job.prev.defined() ? job.prev.data_ptr() : nullptr;
-      d.out = job.out.data_ptr();
-      d.numel = job.scores.numel();
-      d.tile_begin = total_tiles_;
-      total_tiles_ += ceil_div(d.numel, kTile);
-      n_total_ += d.numel;
-      any_prev = any_prev || job.prev.defined();
-      descs.push_back(d);
-    }
+    const cuda::DescList list = cuda::describe(p_, kTile);
+    total_tiles_ = list.total_tiles;
+    n_total_ = list.n_total;
     // Without a filtering default mask every entry can be pruned: check k
     // here and never sync. Otherwise the device counts them (one sync).
-    const bool device_alive = p_.among_alive && any_prev;
+    const bool device_alive = p_.among_alive && list.any_prev;
     // A graph would replay the list's descriptor copy from a pinned buffer
     // freed when this call returns, and cannot sync for the alive count:
     // refuse the capture rather than record something that replays wrong.
     TORCH_CHECK(
-        (descs.size() <= 1 && !device_alive) ||
+        (list.descs.size() <= 1 && !device_alive) ||
             c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
         "l1_mask: a list of several tensors, or among_alive with a default mask, cannot run "
         "under CUDA graph capture (the ops are tagged cudagraph_unsafe)");
@@ -137,22 +106,8 @@ class CudaSelect {
     if (n_total_ == 0) {
       return;
     }
-    TORCH_CHECK(descs.size() <= static_cast<size_t>(INT32_MAX), "l1_mask_global: too many tensors");
-    descs_.n = static_cast<int>(descs.size());
-    descs_.one = descs[0];
-    descs_.list = nullptr;
+    descs_ = cuda::upload(list, device, descs_t_);
     const auto byte_opts = at::TensorOptions().dtype(at::kByte).device(device);
-    if (descs_.n > 1) {
-      // The list goes to the device once per call (pinned, async; the
-      // caching host allocator keeps the buffer until the copy is done).
-      const int64_t desc_bytes = static_cast<int64_t>(descs.size() * sizeof(TensorDesc));
-      auto host_descs =
-          at::empty({desc_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
-      std::memcpy(host_descs.data_ptr(), descs.data(), static_cast<size_t>(desc_bytes));
-      descs_t_ = at::empty({desc_bytes}, byte_opts);
-      descs_t_.copy_(host_descs, /*non_blocking=*/true);
-      descs_.list = reinterpret_cast<const TensorDesc*>(descs_t_.data_ptr());
-    }
 
     mask_width_ = static_cast<int>(c10::elementSize(p_.mask_dtype));
     one_bits_ = mask_one_bits(p_.mask_dtype);
@@ -250,22 +205,6 @@ class CudaSelect {
   void launch_hist(
       DevState* st, ull* hist, void* cands, int64_t tiles_visit, int64_t stride, int shift,
       int bits, bool filter, bool sample) {
-    auto kernel = cuda::hist_kernel<Traits>;
-    constexpr int kBlock = Cfg::kHistBlock;
-    const size_t bins_bytes = (size_t(1) << bits) * sizeof(unsigned);
-    size_t smem = bins_bytes;
-    if (bins_bytes > 48 * 1024) {
-      // 16-bit keys: 2^15 bins need 128 KB; opt in, else count in global memory.
-      cudaFuncAttributes attr;
-      C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-      const auto optin = static_cast<size_t>(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin));
-      if (bins_bytes + attr.sharedSizeBytes <= optin) {
-        C10_CUDA_CHECK(cudaFuncSetAttribute(
-            kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bins_bytes)));
-      } else {
-        smem = 0;
-      }
-    }
     cuda::HistArgs a;
     a.descs = descs_;
     a.tiles_visit = tiles_visit;
@@ -274,7 +213,6 @@ class CudaSelect {
     a.bits = bits;
     a.filter = filter;
     a.sample = sample;
-    a.shared_hist = smem != 0;
     a.among_alive = p_.among_alive;
     a.mask_width = mask_width_;
     a.one_bits = one_bits_;
@@ -282,16 +220,7 @@ class CudaSelect {
     a.hist = hist;
     a.cands = cands;
     a.capacity = capacity_;
-    int64_t grid = wave_blocks(kernel, kBlock, smem, tiles_visit);
-    // Block-local counts are 32-bit: keep every block under 2^31 elements.
-    const int64_t max_tiles_per_block = (int64_t(1) << 31) / kTile;
-    grid = std::max(grid, ceil_div(tiles_visit, max_tiles_per_block));
-    if (kMultiPass) {
-      grid = std::max(grid, ceil_div(capacity_, (int64_t(1) << 31) - kBlock));
-    }
-    TORCH_CHECK(grid <= INT32_MAX, "l1_mask: problem too large for one grid");
-    kernel<<<static_cast<unsigned>(grid), kBlock, smem, stream_>>>(a);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cuda::launch_hist_kernel<Traits>(a, stream_);
   }
 
   void launch_mask(const DevState* st, bool select_none) {

@@ -9,8 +9,10 @@
 //
 // The select state (DevState) lives in device memory: each histogram pass
 // reads the prefix chosen so far from it and a one-block select kernel
-// updates it, so the host launches a fixed sequence of kernels and reads
-// nothing back between passes. See l1_mask_cuda.cu for the sequence.
+// (l1_select_kernels.cuh) updates it, so the host launches a fixed sequence
+// of kernels and reads nothing back between passes. See l1_mask_cuda.cu for
+// the sequence. The phase ops (l1_phases_cuda.cu) reuse the histogram pass,
+// the tie counts and the tile writer of the mask.
 #pragma once
 
 #include <cstdint>
@@ -93,11 +95,12 @@ struct Descs {
 // ---------------------------------------------------------------------------
 // Helpers
 
-// The tensor holding global tile t: the last descriptor with tile_begin <= t
-// (empty tensors share their successor's tile_begin and are skipped).
-__device__ __forceinline__ TensorDesc desc_of(const Descs& ds, int64_t t) {
+// The list position of the tensor holding global tile t: the last
+// descriptor with tile_begin <= t (empty tensors share their successor's
+// tile_begin and are skipped).
+__device__ __forceinline__ int desc_index_of(const Descs& ds, int64_t t) {
   if (ds.n == 1) {
-    return ds.one;
+    return 0;
   }
   const TensorDesc* __restrict__ d = ds.list;
   int lo = 0;
@@ -110,7 +113,12 @@ __device__ __forceinline__ TensorDesc desc_of(const Descs& ds, int64_t t) {
       hi = mid - 1;
     }
   }
-  return d[lo];
+  return lo;
+}
+
+// The tensor holding global tile t.
+__device__ __forceinline__ TensorDesc desc_of(const Descs& ds, int64_t t) {
+  return ds.n == 1 ? ds.one : ds.list[desc_index_of(ds, t)];
 }
 
 // How many of a thread's elements first, first + step, ... are in range:
@@ -388,160 +396,36 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kHistBlock
 }
 
 // ---------------------------------------------------------------------------
-// Bucket selection (one block)
-
-// Called by every thread of a kSelectBlock block. Finds the bin of h holding
-// the rank-th smallest entry (1-based; needs 1 <= rank <= total): its index,
-// the entries in lower bins and in it, and the total of h. If rank is out of
-// range, bucket is ~0.
-struct Found {
-  ull bucket;
-  ull below;
-  ull count;
-  ull total;
-};
-
-__device__ __forceinline__ Found block_find_bucket(const ull* __restrict__ h, int nbins, ull rank) {
-  using Scan = cub::BlockScan<ull, kSelectBlock>;
-  __shared__ typename Scan::TempStorage temp;
-  __shared__ ull s_res[3];
-  const int tid = static_cast<int>(threadIdx.x);
-  const int per = (nbins + kSelectBlock - 1) / kSelectBlock;
-  const int b0 = tid * per < nbins ? tid * per : nbins;
-  const int b1 = b0 + per < nbins ? b0 + per : nbins;
-  ull sum = 0;
-  for (int b = b0; b < b1; ++b) {
-    sum += h[b];
-  }
-  if (tid == 0) {
-    s_res[0] = ~0ull;
-    s_res[1] = 0;
-    s_res[2] = 0;
-  }
-  __syncthreads();
-  ull excl = 0;
-  ull total = 0;
-  Scan(temp).ExclusiveSum(sum, excl, total);
-  if (excl < rank && rank <= excl + sum) {  // exactly one thread
-    ull cum = excl;
-    for (int b = b0; b < b1; ++b) {
-      const ull c = h[b];
-      if (cum + c >= rank) {
-        s_res[0] = static_cast<ull>(b);
-        s_res[1] = cum;
-        s_res[2] = c;
-        break;
-      }
-      cum += c;
-    }
-  }
-  __syncthreads();
-  const Found f{s_res[0], s_res[1], s_res[2], total};
-  __syncthreads();  // s_res and temp may be reused by a next call
-  return f;
-}
-
-// After the histogram of one digit: narrows the prefix to the bucket holding
-// the k-th key, validates the candidates the pass copied out, decides whether
-// the next full pass compacts, and after the last digit fixes the threshold.
-__global__ void __launch_bounds__(kSelectBlock) select_digit_kernel(
-    DevState* st, const ull* __restrict__ h, int bits, int shift, bool first, ull k,
-    ull capacity, bool compact_useful) {
-  if (st->invalid != 0) {
-    return;
-  }
-  const ull rank = first ? k : st->rank;
-  const Found f = block_find_bucket(h, 1 << bits, rank);
-  if (threadIdx.x != 0) {
-    return;
-  }
-  if (first) {
-    st->alive = f.total;
-    if (k > f.total) {
-      st->invalid = 1;
-      return;
-    }
-  }
-  if (f.bucket == ~0ull) {  // cannot happen: the histograms are consistent
-    st->invalid = 1;
-    return;
-  }
-  const ull prefix = first ? f.bucket : ((st->prefix << bits) | f.bucket);
-  const ull rank_in = rank - f.below;
-  st->prefix = prefix;
-  st->rank = rank_in;
-  st->count_lt += f.below;
-  st->bucket_count = f.count;
-  const ull lo = prefix << shift;  // the keys with this prefix: [lo, hi]
-  const ull hi = lo | ((1ull << shift) - 1ull);
-  if (st->compact_next != 0) {  // this pass copied candidates out
-    if (st->cand_count <= capacity && lo >= st->cand_lo && hi <= st->cand_hi) {
-      st->use_cands = 1;
-    }
-    st->compact_next = 0;
-  }
-  if (st->use_cands == 0 && compact_useful && f.count <= capacity) {
-    st->compact_next = 1;
-    st->cand_lo = lo;
-    st->cand_hi = hi;
-    st->cand_count = 0;
-  }
-  if (shift == 0) {
-    st->threshold = prefix;
-    st->ties = rank_in;
-    st->split = rank_in < f.count ? 1 : 0;
-  }
-}
-
-// After the sampling pass (a first-digit histogram of every tile_stride-th
-// tile): predicts a range of first-digit buckets that holds the k-th key with
-// high probability, and lets the first full pass copy its keys out if they
-// fit the candidate buffer. A wrong guess costs time, never correctness: the
-// first select checks that the true bucket lies in the range.
-__global__ void __launch_bounds__(kSelectBlock) select_sample_kernel(
-    DevState* st, const ull* __restrict__ h, int bits, int shift, ull k, ull n_total,
-    ull capacity) {
-  const int nbins = 1 << bits;
-  const Found all = block_find_bucket(h, nbins, 1);
-  const ull m_alive = all.total;
-  const ull m_seen = st->sample_total;
-  if (m_alive == 0 || m_seen == 0 || n_total == 0) {
-    return;  // uniform
-  }
-  // Expected rank of the k-th key in the sample, and a generous margin.
-  const double ks = static_cast<double>(k) * static_cast<double>(m_seen) / static_cast<double>(n_total);
-  const double ma = static_cast<double>(m_alive);
-  const double frac = ks / ma < 1.0 ? ks / ma : 1.0;
-  const double var = ks * (1.0 - frac);
-  const double delta = 4.0 * sqrt(var > 1.0 ? var : 1.0) + 0.002 * ma + 16.0;
-  const double rlo = ks - delta;
-  const double rhi = ks + delta;
-  const bool open_lo = rlo < 1.0;
-  const bool open_hi = rhi >= ma;
-  const ull rank_lo = open_lo ? 1ull : static_cast<ull>(rlo);  // 1 <= rlo < ma here
-  const ull rank_hi = open_hi ? m_alive : static_cast<ull>(ceil(rhi));
-  const Found flo = block_find_bucket(h, nbins, rank_lo < m_alive ? rank_lo : m_alive);
-  const Found fhi = block_find_bucket(h, nbins, rank_hi < 1 ? 1 : rank_hi);
-  if (threadIdx.x != 0 || flo.bucket == ~0ull || fhi.bucket == ~0ull) {
-    return;
-  }
-  const ull b_lo = open_lo ? 0ull : flo.bucket;
-  const ull b_hi = open_hi ? static_cast<ull>(nbins - 1) : fhi.bucket;
-  const ull below_lo = open_lo ? 0ull : flo.below;
-  const ull upto_hi = open_hi ? m_alive : fhi.below + fhi.count;
-  const ull in_range = upto_hi - below_lo;
-  const double expected =
-      static_cast<double>(in_range) * static_cast<double>(n_total) / static_cast<double>(m_seen);
-  if (b_lo <= b_hi && expected <= 0.75 * static_cast<double>(capacity)) {
-    st->compact_next = 1;
-    st->cand_lo = b_lo << shift;
-    st->cand_hi = ((b_hi + 1ull) << shift) - 1ull;
-    st->cand_count = 0;
-  }
-}
-
-// ---------------------------------------------------------------------------
 // Ties
+
+// This thread's count of the alive keys == T in the tile at `base` of d
+// (to be summed over the block).
+template <typename Traits>
+__device__ __forceinline__ unsigned thread_eq_count(
+    const TensorDesc& d, int64_t base, typename Traits::key_t T, bool among_alive, int mask_width,
+    uint64_t one_bits) {
+  using key_t = typename Traits::key_t;
+  using Cfg = TileConfig<key_t>;
+  constexpr int BLOCK = Cfg::kMaskBlock;
+  constexpr int ITEMS = Cfg::kMaskItems;
+  constexpr int ROUNDS = Cfg::kTile / (BLOCK * ITEMS);
+  static_assert(ROUNDS * BLOCK * ITEMS == Cfg::kTile, "rounds must cover a tile");
+  const int tid = static_cast<int>(threadIdx.x);
+  const void* alive = among_alive ? d.prev : nullptr;
+  unsigned count = 0;
+#pragma unroll 1
+  for (int r = 0; r < ROUNDS; ++r) {
+    key_t raw[ITEMS];
+    const unsigned live = load_keys<key_t, ITEMS, BLOCK>(
+        d.scores, alive, mask_width, one_bits,
+        base + static_cast<int64_t>(r) * (BLOCK * ITEMS) + tid, d.numel, raw);
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      count += (((live >> j) & 1u) != 0u && Traits::key(raw[j]) == T) ? 1u : 0u;
+    }
+  }
+  return count;
+}
 
 // Per tile: how many alive keys equal the threshold (only when the ties are
 // split; otherwise nothing to do).
@@ -551,12 +435,7 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock
     unsigned* __restrict__ tile_eq) {
   using key_t = typename Traits::key_t;
   using Cfg = TileConfig<key_t>;
-  constexpr int BLOCK = Cfg::kMaskBlock;
-  constexpr int ITEMS = Cfg::kMaskItems;
-  constexpr int TILE = Cfg::kTile;
-  constexpr int ROUNDS = TILE / (BLOCK * ITEMS);
-  static_assert(ROUNDS * BLOCK * ITEMS == TILE, "rounds must cover a tile");
-  using Reduce = cub::BlockReduce<unsigned, BLOCK>;
+  using Reduce = cub::BlockReduce<unsigned, Cfg::kMaskBlock>;
   __shared__ typename Reduce::TempStorage temp;
 
   if (st->invalid != 0 || st->split == 0) {
@@ -566,76 +445,13 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock
   const int tid = static_cast<int>(threadIdx.x);
   for (int64_t t = blockIdx.x; t < total_tiles; t += gridDim.x) {
     const TensorDesc d = desc_of(descs, t);
-    const int64_t base = (t - d.tile_begin) * TILE;
-    const void* alive = among_alive ? d.prev : nullptr;
-    unsigned count = 0;
-#pragma unroll 1
-    for (int r = 0; r < ROUNDS; ++r) {
-      key_t raw[ITEMS];
-      const unsigned live = load_keys<key_t, ITEMS, BLOCK>(
-          d.scores, alive, mask_width, one_bits,
-          base + static_cast<int64_t>(r) * (BLOCK * ITEMS) + tid, d.numel, raw);
-#pragma unroll
-      for (int j = 0; j < ITEMS; ++j) {
-        count += (((live >> j) & 1u) != 0u && Traits::key(raw[j]) == T) ? 1u : 0u;
-      }
-    }
+    const int64_t base = (t - d.tile_begin) * Cfg::kTile;
+    const unsigned count = thread_eq_count<Traits>(d, base, T, among_alive, mask_width, one_bits);
     const unsigned total = Reduce(temp).Sum(count);
     if (tid == 0) {
       tile_eq[t] = total;
     }
     __syncthreads();  // temp is reused next tile
-  }
-}
-
-// One block: the tile where the cumulative count of keys == T reaches
-// st->ties, and how many of its own that tile selects. Tiles before it
-// select all their keys == T, tiles after it none.
-__global__ void __launch_bounds__(kSelectBlock) split_find_kernel(
-    DevState* st, const unsigned* __restrict__ tile_eq, int64_t total_tiles) {
-  constexpr int IPT = 8;
-  using Scan = cub::BlockScan<ull, kSelectBlock>;
-  __shared__ typename Scan::TempStorage temp;
-  if (st->invalid != 0 || st->split == 0) {
-    return;
-  }
-  const ull ties = st->ties;
-  const int tid = static_cast<int>(threadIdx.x);
-  if (tid == 0) {  // not found (impossible): treat every tile as fully selected
-    st->split_tile = static_cast<ull>(total_tiles);
-    st->split_share = 0;
-  }
-  __syncthreads();
-  ull carry = 0;
-  for (int64_t base = 0; base < total_tiles; base += static_cast<int64_t>(kSelectBlock) * IPT) {
-    const int64_t b0 = base + static_cast<int64_t>(tid) * IPT;
-    ull sum = 0;
-#pragma unroll
-    for (int i = 0; i < IPT; ++i) {
-      if (b0 + i < total_tiles) {
-        sum += tile_eq[b0 + i];
-      }
-    }
-    ull excl = 0;
-    ull agg = 0;
-    Scan(temp).ExclusiveSum(sum, excl, agg);
-    if (carry + excl < ties && ties <= carry + excl + sum) {  // exactly one thread
-      ull cum = carry + excl;
-      for (int i = 0; i < IPT && b0 + i < total_tiles; ++i) {
-        const ull c = tile_eq[b0 + i];
-        if (cum + c >= ties) {
-          st->split_tile = static_cast<ull>(b0 + i);
-          st->split_share = ties - cum;
-          break;
-        }
-        cum += c;
-      }
-    }
-    carry += agg;  // uniform
-    __syncthreads();  // temp is reused next round
-    if (carry >= ties) {
-      break;
-    }
   }
 }
 
@@ -651,13 +467,18 @@ struct MaskArgs {
   uint64_t one_bits;
 };
 
+template <typename Traits>
+using MaskScan = cub::BlockScan<unsigned, TileConfig<typename Traits::key_t>::kMaskBlock>;
+
+// One tile of the mask (the tile at `base` of d; called by the whole block):
 // out = 0 where selected, else the default mask (1 where none). Selected:
-// alive and key < T, or alive and key == T within the ties the tile selects
-// (all of them before the split tile, none after it; in the split tile, its
-// first split_share in flat order, found with one block scan).
+// alive and key < T (nothing when none), and alive keys == T: all of them
+// when incl, or, when cut, the tile's first `share` in flat order (found
+// with one block scan over contiguous runs).
 template <typename Traits, typename W>
-__global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock)
-    mask_kernel(const MaskArgs a) {
+__device__ __forceinline__ void write_mask_tile(
+    const TensorDesc& d, int64_t base, typename Traits::key_t T, bool none, bool incl, bool cut,
+    ull share, bool among_alive, W one, typename MaskScan<Traits>::TempStorage& temp) {
   using key_t = typename Traits::key_t;
   using Cfg = TileConfig<key_t>;
   constexpr int BLOCK = Cfg::kMaskBlock;
@@ -667,8 +488,84 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock
   constexpr int SEG = TILE / BLOCK;  // split tile: each thread's contiguous run
   static_assert(ROUNDS * BLOCK * ITEMS == TILE, "rounds must cover a tile");
   static_assert(SEG * BLOCK == TILE, "segments must cover a tile");
-  using Scan = cub::BlockScan<unsigned, BLOCK>;
-  __shared__ typename Scan::TempStorage temp;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t n = d.numel;
+  const key_t* __restrict__ src = static_cast<const key_t*>(d.scores);
+  const W* __restrict__ prev = static_cast<const W*>(d.prev);
+  const bool filter_alive = among_alive && prev != nullptr;
+  W* __restrict__ out = static_cast<W*>(d.out);
+
+  if (cut) {  // uniform over the block
+    const int64_t s0 = base + static_cast<int64_t>(tid) * SEG;
+    const int64_t s1 = s0 + SEG < n ? s0 + SEG : n;
+    unsigned eq = 0;
+    for (int64_t i = s0; i < s1; ++i) {
+      const bool live = !filter_alive || prev[i] == one;
+      eq += (live && Traits::key(src[i]) == T) ? 1u : 0u;
+    }
+    unsigned before = 0;
+    MaskScan<Traits>(temp).ExclusiveSum(eq, before);
+    ull seen = before;
+    for (int64_t i = s0; i < s1; ++i) {
+      const W pv = prev != nullptr ? prev[i] : one;
+      const bool live = !filter_alive || pv == one;
+      const key_t key = Traits::key(src[i]);
+      bool sel;
+      if (live && key == T) {
+        sel = seen < share;
+        ++seen;
+      } else {
+        sel = live && key < T;
+      }
+      out[i] = sel ? W(0) : pv;
+    }
+    __syncthreads();  // temp is reused by the block's next cut tile
+    return;
+  }
+
+#pragma unroll 1
+  for (int r = 0; r < ROUNDS; ++r) {
+    const int64_t first = base + static_cast<int64_t>(r) * (BLOCK * ITEMS) + tid;
+    const int valid = in_range(first, n, ITEMS * BLOCK);
+    const key_t* __restrict__ s = src + first;
+    key_t raw[ITEMS];
+    W pv[ITEMS];
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      raw[j] = j * BLOCK < valid ? s[j * BLOCK] : key_t(0);
+    }
+    if (prev != nullptr) {
+      const W* __restrict__ m = prev + first;
+#pragma unroll
+      for (int j = 0; j < ITEMS; ++j) {
+        pv[j] = j * BLOCK < valid ? m[j * BLOCK] : one;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < ITEMS; ++j) {
+        pv[j] = one;
+      }
+    }
+    W* __restrict__ o = out + first;
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      if (j * BLOCK < valid) {
+        const key_t key = Traits::key(raw[j]);
+        const bool live = !filter_alive || pv[j] == one;
+        const bool sel = !none && live && (key < T || (incl && key == T));
+        o[j * BLOCK] = sel ? W(0) : pv[j];
+      }
+    }
+  }
+}
+
+// The mask of the select: keys == T selected before the split tile, none
+// after it, the split tile's first split_share.
+template <typename Traits, typename W>
+__global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock)
+    mask_kernel(const MaskArgs a) {
+  using key_t = typename Traits::key_t;
+  __shared__ typename MaskScan<Traits>::TempStorage temp;
 
   key_t T = 0;
   bool split = false;
@@ -686,80 +583,12 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock
     }
   }
   const W one = static_cast<W>(a.one_bits);
-  const int tid = static_cast<int>(threadIdx.x);
   for (int64_t t = blockIdx.x; t < a.total_tiles; t += gridDim.x) {
     const TensorDesc d = desc_of(a.descs, t);
-    const int64_t base = (t - d.tile_begin) * TILE;
-    const int64_t n = d.numel;
-    const key_t* __restrict__ src = static_cast<const key_t*>(d.scores);
-    const W* __restrict__ prev = static_cast<const W*>(d.prev);
-    const bool filter_alive = a.among_alive && prev != nullptr;
-    W* __restrict__ out = static_cast<W*>(d.out);
-
-    if (split && t == split_tile) {  // uniform over the block
-      const int64_t s0 = base + static_cast<int64_t>(tid) * SEG;
-      const int64_t s1 = s0 + SEG < n ? s0 + SEG : n;
-      unsigned eq = 0;
-      for (int64_t i = s0; i < s1; ++i) {
-        const bool live = !filter_alive || prev[i] == one;
-        eq += (live && Traits::key(src[i]) == T) ? 1u : 0u;
-      }
-      unsigned before = 0;
-      Scan(temp).ExclusiveSum(eq, before);
-      ull seen = before;
-      for (int64_t i = s0; i < s1; ++i) {
-        const W pv = prev != nullptr ? prev[i] : one;
-        const bool live = !filter_alive || pv == one;
-        const key_t key = Traits::key(src[i]);
-        bool sel;
-        if (live && key == T) {
-          sel = seen < share;
-          ++seen;
-        } else {
-          sel = live && key < T;
-        }
-        out[i] = sel ? W(0) : pv;
-      }
-      __syncthreads();  // temp (never reused: one split tile, but keep it safe)
-      continue;
-    }
-
-    const bool none = a.select_none;
+    const int64_t base = (t - d.tile_begin) * TileConfig<key_t>::kTile;
+    const bool cut = split && t == split_tile;
     const bool incl = !split || t < split_tile;  // keys == T selected here
-#pragma unroll 1
-    for (int r = 0; r < ROUNDS; ++r) {
-      const int64_t first = base + static_cast<int64_t>(r) * (BLOCK * ITEMS) + tid;
-      const int valid = in_range(first, n, ITEMS * BLOCK);
-      const key_t* __restrict__ s = src + first;
-      key_t raw[ITEMS];
-      W pv[ITEMS];
-#pragma unroll
-      for (int j = 0; j < ITEMS; ++j) {
-        raw[j] = j * BLOCK < valid ? s[j * BLOCK] : key_t(0);
-      }
-      if (prev != nullptr) {
-        const W* __restrict__ m = prev + first;
-#pragma unroll
-        for (int j = 0; j < ITEMS; ++j) {
-          pv[j] = j * BLOCK < valid ? m[j * BLOCK] : one;
-        }
-      } else {
-#pragma unroll
-        for (int j = 0; j < ITEMS; ++j) {
-          pv[j] = one;
-        }
-      }
-      W* __restrict__ o = out + first;
-#pragma unroll
-      for (int j = 0; j < ITEMS; ++j) {
-        if (j * BLOCK < valid) {
-          const key_t key = Traits::key(raw[j]);
-          const bool live = !filter_alive || pv[j] == one;
-          const bool sel = !none && live && (key < T || (incl && key == T));
-          o[j * BLOCK] = sel ? W(0) : pv[j];
-        }
-      }
-    }
+    write_mask_tile<Traits, W>(d, base, T, a.select_none, incl, cut, share, a.among_alive, one, temp);
   }
 }
 

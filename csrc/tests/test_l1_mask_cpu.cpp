@@ -7,16 +7,11 @@
 #include <optional>
 #include <vector>
 
+#include "expect.h"
+
 namespace {
 
-int failures = 0;
-
-void expect(bool ok, const char* what) {
-  if (!ok) {
-    std::fprintf(stderr, "FAILED: %s\n", what);
-    ++failures;
-  }
-}
+using pruneext_test::expect;
 
 at::Tensor l1_mask(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& mask, bool among_alive) {
   static auto op = c10::Dispatcher::singleton()
@@ -59,6 +54,5 @@ int main() {
     raised = true;
   }
   expect(raised, "k beyond the alive entries raises");
-  std::printf("%s (%d failures)\n", failures == 0 ? "OK" : "FAILED", failures);
-  return failures == 0 ? 0 : 1;
+  return pruneext_test::report();
 }

@@ -1,0 +1,536 @@
+// The CPU radix select of l1_mask / l1_mask_global (l1_mask_cpu.cpp), and
+// the passes the phase ops (l1_phases_cpu.cpp) run on their own: the same
+// full-read histogram, tie counts and mask writes serve both.
+//
+// Radix select on the magnitude key (magnitude_key.h), parallel over fixed
+// work items with at::parallel_for:
+//   1. histogram of the first digit over every alive entry (one full read);
+//   2. if the k-th key's bucket is small, copy its keys into per-item
+//      candidate lists (one more full read) so later digits only read those;
+//      otherwise resolve the later digits with full reads (heavy ties);
+//   3. with the threshold key T and r = k - count(key < T), count the entries
+//      equal to T per item, give each item its share of r in item order (so
+//      ties go to the lowest flat index) and write the mask in one pass.
+// No sort and no index tensor: the extra memory is the candidate lists
+// (at most a quarter of the keys) and the per-thread histograms.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "../l1_mask_common.h"
+
+namespace pruneext {
+namespace cpu {
+
+
+// Elements per work item: large enough to amortise scheduling, small enough
+// to balance threads and keep candidate lists local.
+constexpr int64_t kItemSize = int64_t(1) << 16;
+
+struct Item {
+  int64_t job;
+  int64_t begin;
+  int64_t end;
+};
+
+struct Bucket {
+  int64_t index;  // the digit value holding the rank-th key
+  int64_t below;  // keys in lower buckets
+};
+
+// The bucket of `h` that holds the rank-th smallest key (rank is 1-based).
+inline Bucket find_bucket(const std::vector<int64_t>& h, int64_t rank) {
+  int64_t cum = 0;
+  for (size_t b = 0; b < h.size(); ++b) {
+    if (cum + h[b] >= rank) {
+      return {static_cast<int64_t>(b), cum};
+    }
+    cum += h[b];
+  }
+  TORCH_INTERNAL_ASSERT(false, "pruneext: rank ", rank, " beyond histogram total ", cum);
+}
+
+// mask_t: the unsigned integer of the mask dtype's width (masks are handled
+// as bits; see mask_one_bits).
+template <typename Traits, typename mask_t>
+class CpuSelect {
+  using key_t = typename Traits::key_t;
+  using Plan = RadixPlan<Traits>;
+
+ public:
+  using key_type = key_t;
+
+  explicit CpuSelect(MaskProblem& p)
+      : k_(p.k), one_(static_cast<mask_t>(mask_one_bits(p.mask_dtype))) {
+    for (size_t j = 0; j < p.jobs.size(); ++j) {
+      auto& job = p.jobs[j];
+      raw_.push_back(reinterpret_cast<const key_t*>(job.scores.data_ptr()));
+      const bool filters = p.among_alive && job.prev.defined();
+      const mask_t* prev = job.prev.defined() ? static_cast<const mask_t*>(job.prev.const_data_ptr()) : nullptr;
+      alive_.push_back(filters ? prev : nullptr);
+      prev_.push_back(prev);
+      // the phases that only read (histogram, tie counts) allocate no output
+      out_.push_back(job.out.defined() ? static_cast<mask_t*>(job.out.data_ptr()) : nullptr);
+      const int64_t n = job.scores.numel();
+      n_total_ += n;
+      for (int64_t b = 0; b < n; b += kItemSize) {
+        items_.push_back({static_cast<int64_t>(j), b, std::min(n, b + kItemSize)});
+      }
+    }
+  }
+
+  void run() {
+    if (k_ == 0) {
+      // Nothing is selected, but an impossible k must still be refused.
+      write(key_t(0), Ties{});
+      return;
+    }
+    int shift = Plan::kFirstShift;
+    // A sample guesses which first digits can hold the k-th key, so the
+    // first pass also keeps those keys and no second full read is needed
+    // when the guess holds (it nearly always does).
+    window_ = shift > 0 ? guess_window() : Window{};
+    auto h = histogram(shift, Plan::kFirstDigitBits, 0);
+    const int64_t alive = std::accumulate(h.begin(), h.end(), int64_t(0));
+    TORCH_CHECK(
+        k_ <= alive, "l1_mask: k=", k_, " exceeds the ", alive,
+        " entries that can be pruned");
+    Bucket bucket = find_bucket(h, k_);
+    int64_t rank = k_ - bucket.below;
+    int64_t count_lt = bucket.below;
+    uint64_t prefix = static_cast<uint64_t>(bucket.index);
+    if (window_.collect) {
+      compacted_ = window_.lo <= bucket.index && bucket.index <= window_.hi;
+      if (!compacted_) {
+        cands_.clear();  // the guess missed: fall back to a compaction pass
+      }
+    }
+    if (!compacted_ && shift > 0 && h[bucket.index] * 4 <= n_total_) {
+      compact(shift, static_cast<key_t>(prefix));
+    }
+    while (shift > 0) {
+      const int bits = std::min(Plan::kDigitBits, shift);
+      shift -= bits;
+      h = histogram(shift, bits, static_cast<key_t>(prefix));
+      bucket = find_bucket(h, rank);
+      rank -= bucket.below;
+      count_lt += bucket.below;
+      prefix = (prefix << bits) | static_cast<uint64_t>(bucket.index);
+    }
+    const key_t threshold = static_cast<key_t>(prefix);
+    write(threshold, shares_of_ties(threshold, k_ - count_lt));
+  }
+
+ private:
+  // First digits [lo, hi] whose keys the first pass keeps as candidates.
+  struct Window {
+    bool collect = false;
+    int64_t lo = 0;
+    int64_t hi = -1;
+    double fraction = 0;  // of the alive entries, as sampled
+  };
+
+  // Evenly spaced sample of the alive first digits: the k-th key's digit is
+  // within a few standard deviations of the sample's k/n quantile. No
+  // window (a plain first pass) when it would keep over an eighth of the
+  // entries (heavy ties) or the tensor is small.
+  Window guess_window() const {
+    if (n_total_ < (int64_t(1) << 18)) {
+      return {};
+    }
+    // about one entry in 64, between 2^14 (a narrow window needs a large
+    // sample) and 2^15 (strided reads are cache misses)
+    const int64_t target = std::clamp<int64_t>(n_total_ / 64, int64_t(1) << 14, int64_t(1) << 15);
+    const int64_t step = std::max<int64_t>(1, n_total_ / target);
+    std::vector<int64_t> hist(int64_t(1) << Plan::kFirstDigitBits, 0);
+    int64_t sampled = 0;
+    int64_t m = 0;
+    const mask_t one = one_;
+    for (const Item& it : items_) {
+      const mask_t* alive = alive_[it.job];
+      for (int64_t i = it.begin; i < it.end; i += step) {
+        ++sampled;
+        if (alive == nullptr || alive[i] == one) {
+          ++hist[Traits::key(raw_[it.job][i]) >> Plan::kFirstShift];
+          ++m;
+        }
+      }
+    }
+    if (m < 1024) {
+      return {};
+    }
+    // expected rank of the k-th key within the sample, and a margin of at
+    // least 6 standard deviations of a sampled quantile (sd <= sqrt(m) / 2)
+    const double alive_estimate = static_cast<double>(m) / sampled * n_total_;
+    const double at = std::min<double>(m - 1, static_cast<double>(k_) / alive_estimate * m);
+    const double margin = 3.0 * std::sqrt(static_cast<double>(m)) + 16.0;
+    const auto lo_rank = static_cast<int64_t>(std::max(0.0, at - margin)) + 1;  // 1-based
+    const auto hi_rank = static_cast<int64_t>(std::min<double>(m - 1, at + margin)) + 1;
+    const Bucket lo = find_bucket(hist, lo_rank);
+    const Bucket hi = find_bucket(hist, hi_rank);
+    const int64_t kept = hi.below + hist[hi.index] - lo.below;
+    if (kept * 8 > m) {
+      return {};
+    }
+    return Window{true, lo.index, hi.index, static_cast<double>(kept) / m};
+  }
+
+ public:
+  // The passes the phase ops run on their own (l1_phases_cpu.cpp): there is
+  // no window and nothing is compacted, so each is one full read.
+  const std::vector<Item>& items() const {
+    return items_;
+  }
+
+  // Histogram of digit (key >> shift) & (2^bits - 1) over the alive keys
+  // whose higher bits equal `prefix`. Compacted lists drop the other keys as
+  // they go, so each digit reads fewer.
+  std::vector<int64_t> histogram(int shift, int bits, key_t prefix) {
+    const int64_t nbins = int64_t(1) << bits;
+    const int nthreads = at::get_num_threads();
+    std::vector<int64_t> local(static_cast<size_t>(nthreads) * nbins, 0);
+    const bool first = shift + bits == Plan::kKeyBits;
+    if (first && window_.collect) {
+      cands_.assign(items_.size(), {});
+    }
+    at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
+      int64_t* h = local.data() + static_cast<int64_t>(at::get_thread_num()) * nbins;
+      if (compacted_) {
+        histogram_candidates(b, e, shift, bits, prefix, h);
+      } else if (first && window_.collect) {
+        histogram_full<false, true>(b, e, shift, bits, prefix, h);
+      } else if (first) {
+        histogram_full<false>(b, e, shift, bits, prefix, h);
+      } else {
+        histogram_full<true>(b, e, shift, bits, prefix, h);
+      }
+    });
+    std::vector<int64_t> h(nbins, 0);
+    for (int t = 0; t < nthreads; ++t) {
+      for (int64_t b = 0; b < nbins; ++b) {
+        h[b] += local[static_cast<size_t>(t) * nbins + b];
+      }
+    }
+    return h;
+  }
+
+  // Per item: its entries equal to the threshold, and how many of them it
+  // zeroes (write): the first share of them in item order, which is flat
+  // order. share == equal (nonzero) zeroes every one.
+  struct Ties {
+    std::vector<int64_t> equal;
+    std::vector<int64_t> share;
+  };
+
+  // Ties with `equal` counted for the items counted(idx) admits (0 elsewhere,
+  // without reading them) and no shares yet.
+  template <typename Counted>
+  Ties count_ties(key_t threshold, Counted counted) const {
+    Ties t{std::vector<int64_t>(items_.size(), 0), std::vector<int64_t>(items_.size(), 0)};
+    at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t idx = b; idx < e; ++idx) {
+        if (counted(idx)) {
+          t.equal[idx] = count_equal(idx, threshold);
+        }
+      }
+    });
+    return t;
+  }
+
+  // out = 0 where selected, else the previous mask (or 1). An item that
+  // zeroes none of its ties selects key < threshold, one that zeroes all of
+  // them key <= threshold: branch-free loops. Only the item where the ties
+  // are cut walks its entries in order.
+  void write(key_t threshold, const Ties& ties) {
+    at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t idx = b; idx < e; ++idx) {
+        const int64_t share = ties.share.empty() ? 0 : ties.share[idx];
+        const int64_t equal = ties.equal.empty() ? 0 : ties.equal[idx];
+        if (share == 0) {
+          write_item<false>(idx, threshold);
+        } else if (share == equal) {
+          write_item<true>(idx, threshold);
+        } else {
+          write_item_cut(idx, threshold, share);
+        }
+      }
+    });
+  }
+
+ private:
+  void histogram_candidates(int64_t b, int64_t e, int shift, int bits, key_t prefix, int64_t* h) {
+    const key_t digit_mask = static_cast<key_t>((uint64_t(1) << bits) - 1);
+    const int high = shift + bits;
+    for (int64_t idx = b; idx < e; ++idx) {
+      auto& c = cands_[idx];
+      size_t kept = 0;
+      for (const key_t key : c) {
+        if (static_cast<key_t>(key >> high) == prefix) {
+          c[kept++] = key;
+          ++h[(key >> shift) & digit_mask];
+        }
+      }
+      c.resize(kept);
+    }
+  }
+
+  // Appends keys to a candidate list without a branch per key: each key is
+  // stored past the end, and the end moves only over the kept ones.
+  struct Appender {
+    std::vector<key_t>* list = nullptr;
+    key_t* buf = nullptr;
+    size_t n = 0;
+    size_t cap = 0;
+
+    void start(std::vector<key_t>* l, size_t capacity) {
+      list = l;
+      n = 0;
+      cap = capacity;
+      list->resize(cap);
+      buf = list->data();
+    }
+    void reserve_more(size_t more) {
+      if (n + more > cap) {
+        cap = 2 * cap + more;
+        list->resize(cap);
+        buf = list->data();
+      }
+    }
+    void push(key_t key, bool keep) {
+      buf[n] = key;
+      n += keep;
+    }
+    void finish() {
+      list->resize(n);
+    }
+  };
+
+  // The full-read histogram, the hot loop of the kernel. Consecutive equal
+  // digits would serialise on one counter (store-to-load forwarding), so the
+  // counts go round-robin into kCopies 32-bit sub-histograms (one for the
+  // 2^15 bins of 16-bit keys, which would not fit in cache four times),
+  // folded into the 64-bit one before they could overflow. Every entry adds
+  // 0 or 1, so the loop has no data-dependent branch. The first digit has
+  // no prefix to check (kPrefixed false); with kCollect it also keeps the
+  // keys whose digit is in window_ as candidates.
+  template <bool kPrefixed, bool kCollect = false>
+  void histogram_full(int64_t b, int64_t e, int shift, int bits, key_t prefix, int64_t* h) {
+    constexpr int64_t kFoldEvery = int64_t(1) << 31;  // < 2^32 per 32-bit counter
+    const int64_t nbins = int64_t(1) << bits;
+    const int copies = nbins > 4096 ? 1 : 4;
+    const key_t digit_mask = static_cast<key_t>(nbins - 1);
+    const int high = shift + bits;
+    std::vector<uint32_t> sub(static_cast<size_t>(copies) * nbins, 0);
+    int64_t pending = 0;
+    auto fold = [&] {
+      for (int c = 0; c < copies; ++c) {
+        for (int64_t d = 0; d < nbins; ++d) {
+          h[d] += sub[c * nbins + d];
+        }
+      }
+      std::fill(sub.begin(), sub.end(), 0u);
+      pending = 0;
+    };
+    const mask_t one = one_;
+    for (int64_t idx = b; idx < e; ++idx) {
+      const Item& it = items_[idx];
+      if (pending + (it.end - it.begin) > kFoldEvery) {
+        fold();
+      }
+      pending += it.end - it.begin;
+      const key_t* raw = raw_[it.job];
+      const mask_t* alive = alive_[it.job];
+      // the window in locals: one unsigned compare, nothing reloaded
+      const uint64_t win_lo = static_cast<uint64_t>(window_.lo);
+      const uint64_t win_span = static_cast<uint64_t>(window_.hi - window_.lo);
+      Appender cands;
+      if constexpr (kCollect) {
+        cands.start(&cands_[idx], static_cast<size_t>(1.5 * window_.fraction * (it.end - it.begin)) + 16);
+      }
+      auto run = [&](auto filtered) {
+        constexpr bool kFiltered = decltype(filtered)::value;
+        auto count = [&](uint32_t* sh, int64_t i) {
+          const key_t key = Traits::key(raw[i]);
+          bool take = true;
+          if constexpr (kPrefixed) {
+            take = static_cast<key_t>(key >> high) == prefix;
+          }
+          if constexpr (kFiltered) {
+            take = take & (alive[i] == one);  // no branch on a random mask
+          }
+          const auto digit = (key >> shift) & digit_mask;
+          sh[digit] += take;
+          if constexpr (kCollect) {
+            cands.push(key, take & (static_cast<uint64_t>(digit) - win_lo <= win_span));
+          }
+        };
+        int64_t i = it.begin;
+        if (copies == 4) {
+          uint32_t* s0 = sub.data();
+          for (; i + 4 <= it.end; i += 4) {
+            if constexpr (kCollect) {
+              cands.reserve_more(4);
+            }
+            count(s0, i);
+            count(s0 + nbins, i + 1);
+            count(s0 + 2 * nbins, i + 2);
+            count(s0 + 3 * nbins, i + 3);
+          }
+        }
+        for (; i < it.end; ++i) {
+          if constexpr (kCollect) {
+            cands.reserve_more(1);
+          }
+          count(sub.data(), i);
+        }
+      };
+      if (alive == nullptr) {
+        run(std::false_type{});
+      } else {
+        run(std::true_type{});
+      }
+      if constexpr (kCollect) {
+        cands.finish();
+      }
+    }
+    fold();
+  }
+
+  // Copies the alive keys whose bits above `shift` equal `prefix` into
+  // per-item candidate lists (item order = flat order, kept for the ties).
+  void compact(int shift, key_t prefix) {
+    cands_.assign(items_.size(), {});
+    const mask_t one = one_;
+    at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t idx = b; idx < e; ++idx) {
+        const Item& it = items_[idx];
+        const key_t* raw = raw_[it.job];
+        const mask_t* alive = alive_[it.job];
+        auto& c = cands_[idx];
+        for (int64_t i = it.begin; i < it.end; ++i) {
+          const key_t key = Traits::key(raw[i]);
+          // one rarely-true condition, not a branch on the (random) mask
+          if ((static_cast<key_t>(key >> shift) == prefix) & (alive == nullptr || alive[i] == one)) {
+            c.push_back(key);
+          }
+        }
+      }
+    });
+    compacted_ = true;
+  }
+
+  // Alive entries of item `idx` whose key equals the threshold.
+  int64_t count_equal(int64_t idx, key_t threshold) const {
+    int64_t n = 0;
+    if (compacted_) {
+      for (const key_t key : cands_[idx]) {
+        n += key == threshold;
+      }
+      return n;
+    }
+    const Item& it = items_[idx];
+    const key_t* raw = raw_[it.job];
+    const mask_t* alive = alive_[it.job];
+    if (alive == nullptr) {  // a plain reduction the compiler vectorises
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        n += Traits::key(raw[i]) == threshold;
+      }
+    } else {
+      const mask_t one = one_;
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        n += (Traits::key(raw[i]) == threshold) & (alive[i] == one);
+      }
+    }
+    return n;
+  }
+
+  // The first `ties` entries equal to the threshold over the whole list.
+  Ties shares_of_ties(key_t threshold, int64_t ties) {
+    Ties t = count_ties(threshold, [](int64_t) { return true; });
+    for (size_t idx = 0; idx < items_.size(); ++idx) {
+      t.share[idx] = std::min(t.equal[idx], ties);
+      ties -= t.share[idx];
+    }
+    return t;
+  }
+
+  struct JobPointers {
+    const key_t* raw;
+    const mask_t* alive;
+    const mask_t* prev;
+    mask_t* out;
+  };
+
+  JobPointers pointers(int64_t job) const {
+    return {raw_[job], alive_[job], prev_[job], out_[job]};
+  }
+
+  template <bool kInclusive>
+  void write_item(int64_t idx, key_t threshold) {
+    const Item& it = items_[idx];
+    const auto [raw_p, alive_p, prev_p, out_p] = pointers(it.job);
+    // distinct buffers (the output is fresh): lets the loops vectorise
+    const key_t* __restrict__ raw = raw_p;
+    const mask_t* __restrict__ alive = alive_p;
+    const mask_t* __restrict__ prev = prev_p;
+    mask_t* __restrict__ out = out_p;
+    const mask_t one = one_;
+    auto below = [&](int64_t i) {
+      const key_t key = Traits::key(raw[i]);
+      return kInclusive ? key <= threshold : key < threshold;
+    };
+    // out = selected ? 0 : value, as value & (selected - 1): arithmetic
+    // the compiler vectorises (0 is all-zero bits in every mask dtype)
+    auto keep = [](bool selected) { return static_cast<mask_t>(static_cast<mask_t>(selected) - 1); };
+    if (prev == nullptr) {
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        out[i] = one & keep(below(i));
+      }
+    } else if (alive == nullptr) {
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        out[i] = prev[i] & keep(below(i));
+      }
+    } else {
+      for (int64_t i = it.begin; i < it.end; ++i) {
+        out[i] = prev[i] & keep(below(i) & (alive[i] == one));
+      }
+    }
+  }
+
+  void write_item_cut(int64_t idx, key_t threshold, int64_t share) {
+    const Item& it = items_[idx];
+    const auto [raw, alive, prev, out] = pointers(it.job);
+    const mask_t one = one_, zero = 0;
+    for (int64_t i = it.begin; i < it.end; ++i) {
+      const key_t key = Traits::key(raw[i]);
+      const bool live = alive == nullptr || alive[i] == one;
+      bool selected = live && key < threshold;
+      if (share > 0 && live && key == threshold) {
+        selected = true;
+        --share;
+      }
+      out[i] = selected ? zero : (prev != nullptr ? prev[i] : one);
+    }
+  }
+
+  int64_t k_;
+  mask_t one_;  // the bits of 1 in the mask dtype
+  int64_t n_total_ = 0;
+  std::vector<const key_t*> raw_;
+  std::vector<const mask_t*> alive_;  // set only where among_alive filters
+  std::vector<const mask_t*> prev_;
+  std::vector<mask_t*> out_;
+  std::vector<Item> items_;
+  std::vector<std::vector<key_t>> cands_;
+  bool compacted_ = false;
+  Window window_;
+};
+
+}  // namespace cpu
+}  // namespace pruneext
