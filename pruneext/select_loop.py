@@ -125,6 +125,7 @@ def share_in_order(counts, ties):
     budgets = []
     for count in counts:
         take = min(count, ties)
-        budgets.append(take)
+        # ALL where a part takes every tie: its write needs no tie ranks
+        budgets.append(ALL if take == count and take > 0 else take)
         ties -= take
     return budgets

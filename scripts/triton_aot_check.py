@@ -12,7 +12,12 @@ triton.compile, which needs no driver. Integer arguments are compiled as
 Triton types them at run time, and once more widened to int64, as a tensor
 of more than 2^31 entries launches them.
 
-    python scripts/triton_aot_check.py [--arch 90]
+    python scripts/triton_aot_check.py [--arch 90] [--quick] [--jobs N]
+
+It records the fused ops (select.py) and the phase ops (phases.py), one mask
+dtype per distinct launch (mask_kinds); --quick takes float32 and bfloat16
+scores only (CI's second Triton version); the compiles run on --jobs
+processes (default: every core).
 
 Exits 1 if a specialisation fails to compile, or if a kernel that runs a
 program per block of entries spills (select_bucket_kernel runs one program
@@ -20,6 +25,7 @@ over the histogram, and Triton 3.6 gives it an 8-byte stack frame).
 """
 import argparse
 import itertools
+import multiprocessing
 import os
 import re
 import subprocess
@@ -33,29 +39,36 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from pruneext.triton import select  # noqa: E402
+from pruneext.triton import phases, select  # noqa: E402
 from pruneext.triton.keys import KEY_PLANS, MASK_BITS  # noqa: E402
 
 ONE_PROGRAM = {"select_bucket_kernel"}  # spills there cost nothing measurable
 POINTER = {torch.int64: "*i64", torch.int32: "*i32", torch.int16: "*i16", torch.uint8: "*u8"}
 
 
-def record_launches():
+QUICK_SCORES = (torch.float32, torch.bfloat16)
+
+
+def record_launches(score_dtypes):
     """Every distinct launch of the ops over each score dtype and each kind
     of default mask, for a list and for one tensor, as (kernel, argument
     types, constexprs, num_warps)."""
     launches = {}
 
-    def record(kernel, grid, *args, tracing=False, **meta):
-        types = tuple(arg_type(a) for a in args)
-        key = (kernel.fn.__name__, types, tuple(sorted(meta.items())))
-        launches[key] = (kernel, types, dict(meta, num_warps=select.NUM_WARPS))
+    def recorder(num_warps):
+        def record(kernel, grid, *args, tracing=False, **meta):
+            types = tuple(arg_type(a) for a in args)
+            key = (kernel.fn.__name__, types, tuple(sorted(meta.items())))
+            launches[key] = (kernel, types, dict(meta, num_warps=num_warps))
 
-    select._launch, real = record, select._launch
+        return record
+
+    record_phases(recorder(phases.NUM_WARPS), score_dtypes)
+    select._launch, real = recorder(select.NUM_WARPS), select._launch
     window_min = select.WINDOW_MIN
     try:
-        for dtype, select.WINDOW_MIN in itertools.product(KEY_PLANS, (window_min, 0)):  # both paths
-            cases = [(None, False)] + [(m, a) for m in MASK_BITS for a in (False, True)]
+        for dtype, select.WINDOW_MIN in itertools.product(score_dtypes, (window_min, 0)):  # both paths
+            cases = [(None, False)] + [(m, a) for m in mask_kinds() for a in (False, True)]
             for mask_dtype, among_alive in cases:
                 scores = [torch.randn(300, dtype=torch.float32).to(dtype), torch.randn(7, 5).to(dtype)]
                 masks = [None if mask_dtype is None else torch.ones_like(s, dtype=mask_dtype) for s in scores]
@@ -69,6 +82,35 @@ def record_launches():
     finally:
         select._launch, select.WINDOW_MIN = real, window_min
     return list(launches.values())
+
+
+def mask_kinds():
+    """One mask dtype per distinct launch it causes: the kernels see a mask
+    as its integer view and the bits of 1 as an integer argument, typed by
+    Triton as i64, i32, or specialised when it is 1 (bool, uint8 and int8
+    launch the same kernels, and so on)."""
+    kinds = {}
+    for dtype, (view, one) in MASK_BITS.items():
+        kinds.setdefault((view, 1 if one == 1 else arg_type(one)), dtype)
+    return list(kinds.values())
+
+
+def record_phases(record, score_dtypes):
+    """The phase ops' launches (pruneext/triton/phases.py, sharded pruning)
+    over each score dtype and kind of default mask, with and without a cut
+    inside a tensor's ties."""
+    phases._launch, real = record, phases._launch
+    try:
+        for dtype in score_dtypes:
+            for mask_dtype, among_alive in [(None, False)] + [(m, a) for m in mask_kinds() for a in (False, True)]:
+                scores = [torch.randn(300).to(dtype)]
+                masks = [None if mask_dtype is None else torch.ones_like(scores[0], dtype=mask_dtype)]
+                phases.key_histogram(scores, masks, among_alive, 0, KEY_PLANS[dtype].digits[-1][1], 0)
+                phases.count_equal(scores, masks, among_alive, 5)
+                for ties in (0, 7):  # all or none of a tensor's ties; a cut inside them
+                    phases.mask_write(scores, masks, among_alive, 5, [ties])
+    finally:
+        phases._launch = real
 
 
 def arg_type(a):
@@ -107,27 +149,54 @@ def resource_usage(cubin):
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", out)}
 
 
+def check(launch, arch):
+    """(failures, report lines) of one launch: compiled as recorded and with
+    its int32 arguments widened to int64."""
+    kernel, types, meta = launch
+    widened = tuple("i64" if t == "i32" else t for t in types)
+    failures, lines = 0, []
+    for variant in dict.fromkeys((types, widened)):
+        label = f"{kernel.fn.__name__}({', '.join(variant)}) {meta}"
+        try:
+            usage = resource_usage(compile_one(kernel, variant, meta, arch))
+        except Exception as e:  # report them all, then fail
+            failures += 1
+            lines.append(f"FAIL {label}: {type(e).__name__}: {e}")
+            continue
+        spills = usage.get("LOCAL", 0) + usage.get("STACK", 0)
+        fatal = spills > 0 and kernel.fn.__name__ not in ONE_PROGRAM
+        failures += fatal
+        lines.append(f"{'SPILL' if fatal else 'stack' if spills else 'ok   '} {usage} {label}")
+    return failures, lines
+
+
+_LAUNCHES = []  # the recorded launches, inherited by the forked workers
+
+
+def _check_index(args):
+    index, arch = args
+    return check(_LAUNCHES[index], arch)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for sm_90")
+    parser.add_argument("--quick", action="store_true",
+                        help="float32 and bfloat16 scores only (the second Triton version in CI)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiler processes")
     args = parser.parse_args()
-    launches = record_launches()
+    _LAUNCHES[:] = record_launches(QUICK_SCORES if args.quick else tuple(KEY_PLANS))
+    print(f"triton {triton.__version__}, torch {torch.__version__}, sm_{args.arch}: {len(_LAUNCHES)} launches")
+    work = [(i, args.arch) for i in range(len(_LAUNCHES))]
+    if args.jobs > 1:  # compiles are independent; fork shares the recorded launches
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            results = pool.map(_check_index, work, chunksize=8)
+    else:
+        results = [_check_index(w) for w in work]
     failures = 0
-    print(f"triton {triton.__version__}, torch {torch.__version__}, sm_{args.arch}: {len(launches)} launches")
-    for kernel, types, meta in launches:
-        widened = tuple("i64" if t == "i32" else t for t in types)
-        for variant in dict.fromkeys((types, widened)):
-            label = f"{kernel.fn.__name__}({', '.join(variant)}) {meta}"
-            try:
-                usage = resource_usage(compile_one(kernel, variant, meta, args.arch))
-            except Exception as e:  # report them all, then fail
-                failures += 1
-                print(f"FAIL {label}: {type(e).__name__}: {e}")
-                continue
-            spills = usage.get("LOCAL", 0) + usage.get("STACK", 0)
-            fatal = spills > 0 and kernel.fn.__name__ not in ONE_PROGRAM
-            failures += fatal
-            print(f"{'SPILL' if fatal else 'stack' if spills else 'ok   '} {usage} {label}")
+    for count, lines in results:
+        failures += count
+        print("\n".join(lines))
     print(f"{failures} failed" if failures else "all compiled, no spills in the per-block kernels")
     return 1 if failures else 0
 
