@@ -80,15 +80,13 @@ class _Tensor:
     """One tensor of the list as the kernels read it: integer views of its
     scores and default mask, and the key's constants."""
 
-    def __init__(self, scores, prev, among_alive):
+    def __init__(self, scores, prev, among_alive, op):
         if scores.dtype not in KEY_PLANS:
-            raise TypeError(f"l1 phases: scores must be float32, float64, float16 or bfloat16, got {scores.dtype}")
+            raise TypeError(f"{op}: scores must be float32, float64, float16 or bfloat16, got {scores.dtype}")
         if prev is not None and prev.shape != scores.shape:
             raise RuntimeError(
-                f"l1 phases: default mask of shape {tuple(prev.shape)} does not match scores of shape {tuple(scores.shape)}"
+                f"{op}: default mask of shape {tuple(prev.shape)} does not match scores of shape {tuple(scores.shape)}"
             )
-        if prev is not None and prev.dtype not in MASK_BITS:
-            raise TypeError(f"l1 phases: unsupported default mask dtype {prev.dtype}")
         plan = KEY_PLANS[scores.dtype]
         self.shape, self.n = scores.shape, scores.numel()
         self.bits = scores.contiguous().view(plan.bits_dtype).reshape(-1)
@@ -104,13 +102,25 @@ class _Tensor:
         return self.prev if self.prev is not None else self.bits  # (unread without FILTER / HAS_PREV)
 
 
-def _tensors(scores, default_masks, among_alive):
+def _tensors(scores, default_masks, among_alive, op):
+    """The checks of the native backends (csrc/l1_mask_common.h), with their
+    messages, then each tensor as the kernels read it."""
     masks = list(default_masks) if default_masks else [None] * len(scores)
     if len(masks) != len(scores):
-        raise RuntimeError(f"l1 phases: expected {len(scores)} default masks, got {len(masks)}")
+        raise RuntimeError(
+            f"{op}: expected one default mask per score tensor (or none), got {len(masks)} masks for {len(scores)} tensors"
+        )
     if len({s.dtype for s in scores}) > 1:
-        raise TypeError("l1 phases: all score tensors must share one dtype")
-    return [_Tensor(s, m, among_alive) for s, m in zip(scores, masks)]
+        raise TypeError(f"{op}: all score tensors must share one dtype, got {scores[0].dtype} and others")
+    if len({t.device for t in scores} | {m.device for m in masks if m is not None}) > 1:
+        raise RuntimeError(f"{op}: all tensors must be on one device")
+    given = {m.dtype for m in masks if m is not None}
+    for dtype in given:
+        if dtype not in MASK_BITS:
+            raise TypeError(f"{op}: unsupported default mask dtype {dtype}")
+    if len(given) > 1:
+        raise TypeError(f"{op}: all default masks must share one dtype, got {sorted(map(str, given))}")
+    return [_Tensor(s, m, among_alive, op) for s, m in zip(scores, masks)]
 
 
 def _device(scores):
@@ -130,10 +140,18 @@ def _launch(kernel, grid, *args, **meta):
 
 
 def key_histogram(scores, default_masks, among_alive, shift, bits, prefix):
-    tensors = _tensors(scores, default_masks, among_alive)
-    key_bits = (KEY_PLANS[scores[0].dtype].digits[0][0] + KEY_PLANS[scores[0].dtype].digits[0][1]) if scores else 64
-    if not 1 <= bits <= 16 or shift < 0 or shift + bits > key_bits:
-        raise RuntimeError(f"l1_key_histogram: digit (shift {shift}, bits {bits}) outside a {key_bits}-bit key")
+    op = "l1_key_histogram"
+    if not 1 <= bits <= 16:
+        raise RuntimeError(f"{op}: bits must be in [1, 16], got {bits}")
+    if shift < 0:
+        raise RuntimeError(f"{op}: shift must be non-negative, got {shift}")
+    tensors = _tensors(scores, default_masks, among_alive, op)
+    if scores:
+        first_shift, first_bits = KEY_PLANS[scores[0].dtype].digits[0]
+        if shift + bits > first_shift + first_bits:
+            raise RuntimeError(
+                f"{op}: shift + bits = {shift + bits} exceeds the {first_shift + first_bits} bits of the {scores[0].dtype} key"
+            )
     hist = torch.zeros(1 << bits, dtype=torch.int64, device=_device(scores))
     for t in tensors:
         if t.n:
@@ -143,7 +161,7 @@ def key_histogram(scores, default_masks, among_alive, shift, bits, prefix):
 
 
 def count_equal(scores, default_masks, among_alive, threshold):
-    tensors = _tensors(scores, default_masks, among_alive)
+    tensors = _tensors(scores, default_masks, among_alive, "l1_count_equal")
     counts = []
     for t in tensors:
         per_block = torch.zeros(max(t.blocks, 1), dtype=torch.int64, device=_device(scores))
@@ -155,13 +173,15 @@ def count_equal(scores, default_masks, among_alive, threshold):
 
 
 def mask_write(scores, default_masks, among_alive, threshold, ties):
-    tensors = _tensors(scores, default_masks, among_alive)
+    op = "l1_mask_write"
+    tensors = _tensors(scores, default_masks, among_alive, op)
     if len(ties) != len(tensors):
-        raise RuntimeError(f"l1_mask_write: expected {len(tensors)} tie budgets, got {len(ties)}")
+        raise RuntimeError(f"{op}: expected {len(tensors)} tie budgets, got {len(ties)}")
+    for j, budget in enumerate(ties):
+        if budget < 0:
+            raise RuntimeError(f"{op}: tie budget {budget} of tensor {j} is negative")
     out = []
     for t, budget in zip(tensors, ties):
-        if budget < 0:
-            raise RuntimeError(f"l1_mask_write: tie budget {budget} is negative")
         bits_dtype, out_one = MASK_BITS[t.out_dtype]
         result = torch.empty(t.n, dtype=bits_dtype, device=t.bits.device)
         # a cut inside the tensor needs each tie's rank; 0 or all of them do not
