@@ -147,13 +147,21 @@ class PhaseInput:
         self.result_dtype = score_dtype  # of a mask written without a default mask
         self.phases = backend.phases
 
+    # An empty part (a rank that holds none of the list) counts nothing;
+    # the native ops cannot take an empty list (no tensor names a device).
     def key_histogram(self, shift, bits, prefix):
+        if not self.scores:
+            return torch.zeros(1 << bits, dtype=torch.int64)
         return self.phases.key_histogram(self.scores, self.masks, self.among_alive, shift, bits, prefix)
 
     def count_equal(self, threshold):
+        if not self.scores:
+            return torch.zeros(0, dtype=torch.int64)
         return self.phases.count_equal(self.scores, self.masks, self.among_alive, threshold)
 
     def mask_write(self, threshold, ties):
+        if not self.scores:
+            return []
         out = self.phases.mask_write(self.scores, self.masks, self.among_alive, threshold, list(ties))
         return [o if m is not None or o.dtype == self.result_dtype else o.to(self.result_dtype)
                 for o, m in zip(out, self.masks)]

@@ -296,3 +296,26 @@ def fsdp2_checkpoint_round_trip(rank, world_size):
     if rank == 0:
         shutil.rmtree(path, ignore_errors=True)
     return True
+
+
+def parts_that_hold_nothing(rank, world_size):
+    """A rank with an empty list (process_group) and a rank that owns no
+    shard of a replicated parameter take part in the selection all the same."""
+    def rank_params(r):
+        return [] if r == 0 else [_tied((4, 3 + r), seed=200 + r)]
+
+    mine = [_plain_module(t) for t in rank_params(rank)]
+    everyone = [t for r in range(world_size) for t in rank_params(r)]
+    prune.global_unstructured(
+        [(m, "weight") for m in mine], prune.L1Unstructured, amount=0.5, process_group=dist.group.WORLD
+    )
+    expected = oracle(everyone, round(0.5 * sum(t.numel() for t in everyone)))
+    for m, e in zip(mine, expected[len(rank_params(0)) + sum(len(rank_params(r)) for r in range(1, rank)):]):
+        assert torch.equal(m.weight_mask, e), f"rank {rank}: masks differ"
+    # only rank 0 owns (counts) a replicated parameter
+    full = _tied((5, 4), seed=210, nan=True)
+    m = _sharded_module(full, _mesh(world_size), Replicate())
+    prune.l1_unstructured(m, "weight", 0.4)
+    (expected,) = oracle([full], round(0.4 * full.numel()))
+    _assert_mask(m, expected, "replicated")
+    return True

@@ -25,6 +25,7 @@ SCENARIOS = [
     sc.fault_on_one_rank,
     sc.fsdp2_prune_and_train,
     sc.fsdp2_checkpoint_round_trip,
+    sc.parts_that_hold_nothing,
 ]
 
 
@@ -41,7 +42,7 @@ def results(ranks, scenario):
     return [value for _, value in out]
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS[:4], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("scenario", SCENARIOS[:4] + [sc.parts_that_hold_nothing], ids=lambda f: f.__name__)
 def test_masks_equal_single_process(ranks, scenario):
     assert all(results(ranks, scenario))
 
