@@ -63,3 +63,19 @@ def test_radix_digits_cover_the_key():
         digits = select_loop.radix_digits(key_bits)
         assert digits[0] == (key_bits - first, first) and digits[-1][0] == 0
         assert sum(bits for _, bits in digits) == key_bits
+
+
+@pytest.mark.skipif("triton" not in PHASE_BACKENDS, reason="the triton backend is not available here")
+def test_triton_phase_ops_opcheck():
+    from pruneext.triton import phases
+
+    x = (torch.randint(-5, 6, (33, 17), generator=torch.Generator().manual_seed(2)) / 4).float()
+    mask = (torch.rand(33, 17, generator=torch.Generator().manual_seed(3)) > 0.3).float()
+    threshold = int(ops.PhaseInput([x]).scores[0].view(torch.int32).abs().median())
+    for op, args in [
+        (phases.key_histogram_op, ([x, x[:3]], [mask, None], True, 0, 8, threshold >> 8)),
+        (phases.count_equal_op, ([x, x[:3]], [mask, None], True, threshold)),
+        (phases.mask_write_op, ([x, x[:3]], [mask, None], True, threshold, [3, 1])),
+        (phases.mask_write_op, ([x.t()], [None], False, threshold, [select_loop.ALL])),
+    ]:
+        torch.library.opcheck(op, args)

@@ -9,6 +9,7 @@ order: per-block tie counts, their exclusive scan (a device cumsum, no host
 sync) and a cumsum inside each block give every tie its rank.
 """
 import contextlib
+from typing import List, Optional
 
 import torch
 import triton
@@ -198,3 +199,49 @@ def mask_write(scores, default_masks, among_alive, threshold, ties):
                     BLOCK=BLOCK, **t.consts)
         out.append(result.view(t.out_dtype).reshape(t.shape))
     return out
+
+
+# ------------------------------------------------------------- as torch ops
+# The phases as custom ops with fake implementations, as the native
+# backends' are (csrc/ops.cpp; fakes in pruneext/_native.py), so a traced
+# program sees their outputs' shapes and dtypes. Opaque to torch.compile:
+# they launch per tensor and the loop that calls them waits on collectives.
+
+
+@torch.library.custom_op("pruneext::l1_key_histogram_triton", mutates_args=())
+def key_histogram_op(
+    scores: List[torch.Tensor], default_masks: List[Optional[torch.Tensor]], among_alive: bool,
+    shift: int, bits: int, prefix: int,
+) -> torch.Tensor:
+    return key_histogram(scores, default_masks, among_alive, shift, bits, prefix)
+
+
+@key_histogram_op.register_fake
+def _(scores, default_masks, among_alive, shift, bits, prefix):
+    return scores[0].new_empty(1 << bits, dtype=torch.int64)
+
+
+@torch.library.custom_op("pruneext::l1_count_equal_triton", mutates_args=())
+def count_equal_op(
+    scores: List[torch.Tensor], default_masks: List[Optional[torch.Tensor]], among_alive: bool, threshold: int
+) -> torch.Tensor:
+    return count_equal(scores, default_masks, among_alive, threshold)
+
+
+@count_equal_op.register_fake
+def _(scores, default_masks, among_alive, threshold):
+    return scores[0].new_empty(len(scores), dtype=torch.int64)
+
+
+@torch.library.custom_op("pruneext::l1_mask_write_triton", mutates_args=())
+def mask_write_op(
+    scores: List[torch.Tensor], default_masks: List[Optional[torch.Tensor]], among_alive: bool,
+    threshold: int, ties: List[int],
+) -> List[torch.Tensor]:
+    return mask_write(scores, default_masks, among_alive, threshold, ties)
+
+
+@mask_write_op.register_fake
+def _(scores, default_masks, among_alive, threshold, ties):
+    masks = default_masks or [None] * len(scores)
+    return [s.new_empty(s.shape, dtype=s.dtype if m is None else m.dtype) for s, m in zip(scores, masks)]
