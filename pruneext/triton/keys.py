@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-FIRST_DIGIT_BITS = 12  # first radix digit of keys wider than 16 bits
-DIGIT_BITS = 11  # every later digit
+from ..select_loop import radix_digits
+
 
 
 @dataclass(frozen=True)
@@ -28,16 +28,8 @@ class KeyPlan:
 
 
 def _digits(key_bits):
-    """RadixPlan of magnitude_key.h: 16-bit keys in one pass, wider keys in
-    a 12-bit digit and then 11-bit digits."""
-    first = key_bits if key_bits <= 16 else FIRST_DIGIT_BITS
-    shift = key_bits - first
-    digits = [(shift, first)]
-    while shift > 0:
-        bits = min(DIGIT_BITS, shift)
-        shift -= bits
-        digits.append((shift, bits))
-    return tuple(digits)
+    """RadixPlan of magnitude_key.h (the same plan the phase-op loop runs)."""
+    return tuple(radix_digits(key_bits))
 
 
 KEY_PLANS = {

@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .kernels import add_block_histogram
 from .keys import KEY_PLANS, MASK_BITS, magnitude_key
 
 BLOCK = 1024
@@ -39,8 +40,8 @@ def histogram_kernel(bits_ptr, prev_ptr, hist_ptr, n, prefix, ONE, SHIFT: tl.con
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     key, live = _keys(bits_ptr, prev_ptr, offs, n, ONE, FILTER, ABS_MASK, INF_BITS, WIDE)
     take = live & ((key >> (SHIFT + BITS)) == prefix)
-    digit = (key >> SHIFT) & ((1 << BITS) - 1)
-    tl.atomic_add(hist_ptr + digit, take.to(tl.int64), mask=take)
+    digit = ((key >> SHIFT) & ((1 << BITS) - 1)).to(tl.int32)
+    add_block_histogram(hist_ptr, digit, take, BLOCK, BITS)  # one atomic per crowded bin
 
 
 @triton.jit
