@@ -54,6 +54,7 @@ def main():
     assert all(torch.all(w[mk.weight_mask.to_local() == 0] == 0) for w, mk in zip(effective, linears))
     if rank == 0:
         print(f"global sparsity {counts[0].item() / counts[1].item():.3f} after training, loss {loss.item():.4f}")
+    dist.barrier()  # every rank done before any tears the group down
     dist.destroy_process_group()
 
 
