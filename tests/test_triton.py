@@ -701,7 +701,14 @@ def test_triton_op_traces_into_kernel_launches(gpu_path_report):
     # torch's mutation analysis (on the Triton IR) finds that only the
     # temporaries and the output are written: no input gets cloned
     cloned = set(re.findall(r"'(\w+)'", " ".join(re.findall(r"tensors_to_clone = \[[^]]*\]", gpu_path_report))))
-    assert cloned == {"hist_ptr", "state_ptr", "counts_ptr", "out_ptr"}
+    written = {"hist_ptr", "state_ptr", "counts_ptr", "out_ptr"}
+    if tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 8):
+        assert cloned == written
+    else:
+        # Triton 3.6's IR keeps the table branch (stores through addresses
+        # loaded from the table), so torch takes the inputs for written too
+        # and clones them: a known cost there (README, Limits)
+        assert written <= cloned <= written | {"bits_ptr", "prev_ptr", "table_ptr"}
 
 
 def test_kernels_compile_for_sm90(gpu_path_report):
