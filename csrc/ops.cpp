@@ -51,4 +51,24 @@ TORCH_LIBRARY(pruneext, m) {
   m.def(
       "l1_mask_write(Tensor[] scores, Tensor?[] default_masks, bool among_alive, "
       "SymInt threshold, SymInt[] ties) -> Tensor[]");
+
+  // Lean training (pruneext.MagnitudePruner): masks packed to bits, one
+  // contiguous uint8 tensor per tensor of ceil(numel / 8) bytes; entry e is
+  // alive iff bit (e & 7) of byte (e >> 3) is 1 (numpy's little bit order;
+  // the bits past numel are ignored and left as they are).
+  //
+  // Prune in place, by the phases' threshold key T (of the weights' own
+  // magnitudes) and tie budgets: in weights[j], every alive entry of key < T
+  // and the first ties[j] alive entries (flat order) of key == T (all of
+  // them where there are fewer) get bit 0 and the value +0. ties[j] >= 0.
+  // The weights share one floating dtype (float32, float64, float16,
+  // bfloat16) and one device with the bits. Returns how many entries each
+  // tensor had pruned by this call (int64, on the weights' device).
+  m.def(
+      "l1_bits_prune(Tensor(a!)[] weights, Tensor(b!)[] bits, SymInt threshold, "
+      "SymInt[] ties) -> Tensor");
+  // Zero, in place, every entry of tensors[j] whose bit in bits[j] is 0,
+  // leaving the alive ones unwritten: the re-masking after an optimizer
+  // step and of gradients. One floating dtype and one device for the list.
+  m.def("l1_bits_apply(Tensor(a!)[] tensors, Tensor[] bits) -> ()");
 }

@@ -62,6 +62,16 @@ if LOAD_ERROR is None:
         return _l1_mask_global_fake(scores, 0, default_masks, among_alive)
 
 
+    @torch.library.register_fake("pruneext::l1_bits_prune")
+    def _l1_bits_prune_fake(weights, bits, threshold, ties):
+        device = weights[0].device if weights else "cpu"
+        return torch.empty(len(weights), dtype=torch.int64, device=device)
+
+    @torch.library.register_fake("pruneext::l1_bits_apply")
+    def _l1_bits_apply_fake(tensors, bits):
+        return None
+
+
 def _l1_mask(scores, k, default_mask=None, among_alive=False):
     return torch.ops.pruneext.l1_mask(scores, k, default_mask, among_alive)
 
@@ -77,6 +87,12 @@ _PHASES = backends.Phases(
 )
 
 
+_BITS = backends.BitOps(
+    prune=lambda *a: torch.ops.pruneext.l1_bits_prune(*a),
+    apply=lambda *a: torch.ops.pruneext.l1_bits_apply(*a),
+)
+
+
 def _register(name, dispatch_key, device_available, why_no_device):
     if LOAD_ERROR is not None:
         backends.mark_unavailable(name, f"pruneext._C did not load ({LOAD_ERROR})")
@@ -86,8 +102,9 @@ def _register(name, dispatch_key, device_available, why_no_device):
         backends.mark_unavailable(name, why_no_device)
     else:
         phases = _PHASES if has_kernel("l1_key_histogram", dispatch_key) else None
+        bits = _BITS if has_kernel("l1_bits_prune", dispatch_key) else None
         backends.register(
-            backends.Backend(name, (name,), _l1_mask, _l1_mask_global, phases=phases)
+            backends.Backend(name, (name,), _l1_mask, _l1_mask_global, phases=phases, bits=bits)
         )
 
 

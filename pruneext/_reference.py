@@ -182,6 +182,78 @@ def mask_write(scores, default_masks, among_alive, threshold, ties):
     return out
 
 
+
+# ---------------------------------------------------------------- bit masks
+# The lean training ops on masks packed to bits (csrc/ops.cpp documents
+# them): bit (e & 7) of byte (e >> 3) is entry e's.
+
+_BIT_SHIFTS = {}
+
+
+def unpack_bits(bits, numel):
+    """The first `numel` bits of a uint8 bit mask, as a flat bool tensor."""
+    shifts = _BIT_SHIFTS.get(bits.device)
+    if shifts is None:
+        shifts = _BIT_SHIFTS[bits.device] = torch.arange(8, dtype=torch.uint8, device=bits.device)
+    return ((bits.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:numel].bool()
+
+
+def pack_bits(alive):
+    """A flat bool tensor as a uint8 bit mask (pad bits 0)."""
+    flat = alive.reshape(-1).to(torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8)).reshape(-1, 8)
+    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.int32, device=flat.device)
+    return (flat.to(torch.int32) * weights).sum(1).to(torch.uint8)
+
+
+def _check_bit_masks(tensors, bits, op, what):
+    if len(tensors) != len(bits):
+        raise RuntimeError(f"{op}: expected one bit mask per tensor, got {len(bits)} masks for {len(tensors)} {what}")
+    dtypes = {t.dtype for t in tensors}
+    if len(dtypes) > 1 or any(not d.is_floating_point for d in dtypes):
+        raise TypeError(f"{op}: {what} must share one floating dtype, got {sorted(map(str, dtypes))}")
+    for j, (t, b) in enumerate(zip(tensors, bits)):
+        if b.dtype != torch.uint8:
+            raise TypeError(f"{op}: bit masks must be uint8, got {b.dtype}")
+        if t.device != tensors[0].device or b.device != t.device:
+            raise RuntimeError(f"{op}: all tensors must be on one device")
+        if not t.is_contiguous() or not b.is_contiguous():
+            raise RuntimeError(f"{op}: {what}[{j}] and its bit mask must be contiguous (written in place)")
+        if b.numel() != (t.numel() + 7) // 8:
+            raise RuntimeError(f"{op}: bit mask {j} has {b.numel()} bytes, expected ceil({t.numel()} / 8)")
+
+
+def bits_prune(weights, bits, threshold, ties):
+    _check_bit_masks(weights, bits, "l1_bits_prune", "weights")
+    if len(ties) != len(weights):
+        raise RuntimeError(f"l1_bits_prune: expected {len(weights)} tie budgets, got {len(ties)}")
+    device = weights[0].device if weights else torch.device("cpu")
+    if weights and weights[0].is_meta:
+        return torch.empty(len(weights), dtype=torch.int64, device=device)
+    counts = []
+    for w, b, budget in zip(weights, bits, ties):
+        if budget < 0:
+            raise RuntimeError(f"l1_bits_prune: tie budget {budget} is negative")
+        every = unpack_bits(b, b.numel() * 8)  # the pad bits stay as they are
+        alive = every[: w.numel()]
+        key = magnitude_key(w)
+        eq = alive & (key == threshold)
+        pruned = (alive & (key < threshold)) | (eq & (eq.cumsum(0) <= budget))
+        w.view(-1).masked_fill_(pruned, 0)
+        every[: w.numel()] = alive & ~pruned
+        b.copy_(pack_bits(every))
+        counts.append(int(pruned.sum()))
+    return torch.tensor(counts, dtype=torch.int64, device=device)
+
+
+def bits_apply(tensors, bits):
+    _check_bit_masks(tensors, bits, "l1_bits_apply", "tensors")
+    if tensors and tensors[0].is_meta:
+        return
+    for t, b in zip(tensors, bits):
+        t.view(-1).masked_fill_(~unpack_bits(b, t.numel()), 0)
+
+
 backends.register(
     backends.Backend(
         name="torch",
@@ -191,5 +263,6 @@ backends.register(
         score_dtypes=None,
         mask_dtypes=None,
         phases=backends.Phases(key_histogram, count_equal, mask_write),
+        bits=backends.BitOps(bits_prune, bits_apply),
     )
 )

@@ -74,6 +74,16 @@ class Phases:
 
 
 @dataclass(frozen=True)
+class BitOps:
+    """The lean training ops on masks packed to bits (csrc/ops.cpp):
+    prune(weights, bits, threshold, ties) -> pruned counts, in place;
+    apply(tensors, bits): zero what the bits pruned, in place."""
+
+    prune: Callable
+    apply: Callable
+
+
+@dataclass(frozen=True)
 class Backend:
     name: str
     devices: tuple  # device types served, e.g. ("cpu",)
@@ -82,11 +92,14 @@ class Backend:
     score_dtypes: Optional[frozenset] = KERNEL_SCORE_DTYPES  # None: any real dtype
     mask_dtypes: Optional[frozenset] = KERNEL_MASK_DTYPES
     phases: Optional[Phases] = None  # None: only the fused ops
+    bits: Optional[BitOps] = None  # None: no bit-mask ops
 
-    def refusal(self, device_type, score_dtype, mask_dtype, phases=False):
+    def refusal(self, device_type, score_dtype, mask_dtype, phases=False, bits=False):
         """Why this backend cannot serve such tensors, or None if it can."""
         if phases and self.phases is None:
             return f"pruneext backend {self.name!r} has no selection phase ops"
+        if bits and self.bits is None:
+            return f"pruneext backend {self.name!r} has no bit-mask ops"
         if device_type not in self.devices:
             return (
                 f"pruneext backend {self.name!r} cannot serve tensors on device "
@@ -160,9 +173,9 @@ def use_backend(name):
         _context_choice.reset(token)
 
 
-def resolve(device, score_dtype, mask_dtype=None, phases=False) -> Backend:
+def resolve(device, score_dtype, mask_dtype=None, phases=False, bits=False) -> Backend:
     """The backend that computes masks for such tensors (with `phases`: one
-    that has the selection's phase ops)."""
+    that has the selection's phase ops; with `bits`: the bit-mask ops too)."""
     device_type = torch.device(device).type
     choice = get_backend()
     if choice == AUTO:
@@ -171,7 +184,7 @@ def resolve(device, score_dtype, mask_dtype=None, phases=False) -> Backend:
             backend = _registry.get(name)
             if backend is None:
                 continue
-            reason = backend.refusal(device_type, score_dtype, mask_dtype, phases)
+            reason = backend.refusal(device_type, score_dtype, mask_dtype, phases, bits)
             if reason is None:
                 if refusals and log.isEnabledFor(logging.DEBUG):
                     log.debug("auto backend: %s, because %s", name, "; ".join(refusals))
@@ -182,9 +195,13 @@ def resolve(device, score_dtype, mask_dtype=None, phases=False) -> Backend:
     backend = _registry.get(choice)
     if backend is None:
         raise RuntimeError(f"pruneext backend {choice!r} is not available: {_unavailable[choice]}")
-    reason = backend.refusal(device_type, score_dtype, mask_dtype, phases)
+    reason = backend.refusal(device_type, score_dtype, mask_dtype, phases, bits)
     if reason is not None:
-        missing = device_type not in backend.devices or (phases and backend.phases is None)
+        missing = (
+            device_type not in backend.devices
+            or (phases and backend.phases is None)
+            or (bits and backend.bits is None)
+        )
         error = RuntimeError if missing else TypeError
         raise error(reason)
     return backend

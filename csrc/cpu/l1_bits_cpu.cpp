@@ -1,0 +1,293 @@
+// CPU implementation of the bit-mask ops (ops.cpp): l1_bits_prune and
+// l1_bits_apply, in place, over the whole list at once.
+//
+// The work is cut into items of whole mask bytes (8 entries each) so that
+// no two threads write one byte, and at::parallel_for runs the items of all
+// tensors together (a list of many small tensors is one parallel loop, not
+// one per tensor).
+//
+//   prune  one pass: each alive entry's key against T; the pruned ones get
+//          bit 0 and value +0. Only a tensor whose tie budget is neither 0
+//          nor all of its entries is read once more first, to count its
+//          ties per item: an exclusive scan over those counts gives each
+//          item its share of the budget in flat order.
+//   apply  one pass; a byte of all ones (8 entries alive) is skipped
+//          without reading its weights, so a sparse few pruned entries
+//          cost about the read of the bits.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../l1_bits_common.h"
+
+namespace pruneext {
+namespace {
+
+// Mask bytes per work item: 2^15 bytes = 2^18 entries, enough to amortise
+// the scheduling and few enough that a 2^31-entry tensor has many items.
+constexpr int64_t kItemBytes = int64_t(1) << 15;
+
+struct Item {
+  size_t job;
+  int64_t first_byte, end_byte;
+};
+
+std::vector<Item> items_of(at::TensorList bits) {
+  std::vector<Item> items;
+  for (size_t j = 0; j < bits.size(); ++j) {
+    const int64_t n = bits[j].numel();
+    for (int64_t b = 0; b < n; b += kItemBytes) {
+      items.push_back({j, b, std::min(n, b + kItemBytes)});
+    }
+  }
+  return items;
+}
+
+// Runs f(i) for every item, in parallel (one item per task).
+template <typename F>
+void for_each_item(const std::vector<Item>& items, F&& f) {
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      f(static_cast<size_t>(i));
+    }
+  });
+}
+
+// The entries [8 * byte, 8 * byte + 8) of an n-entry tensor that exist.
+inline int entries_in_byte(int64_t byte, int64_t n) {
+  return static_cast<int>(std::min<int64_t>(8, n - 8 * byte));
+}
+
+template <typename Traits>
+struct BitPrune {
+  using key_t = typename Traits::key_t;
+
+  at::TensorList weights, bits;
+  uint64_t threshold;
+  std::vector<int64_t> budgets;  // clamped: numel means every tie
+  std::vector<Item> items;
+
+  bool partial(size_t j) const {
+    return budgets[j] > 0 && budgets[j] < weights[j].numel();
+  }
+
+  // Alive entries of key == T in item i.
+  int64_t count_ties(const Item& it) const {
+    const key_t* w = static_cast<const key_t*>(weights[it.job].data_ptr());
+    const uint8_t* m = bits[it.job].data_ptr<uint8_t>();
+    const int64_t n = weights[it.job].numel();
+    int64_t count = 0;
+    for (int64_t byte = it.first_byte; byte < it.end_byte; ++byte) {
+      const unsigned alive = m[byte];
+      const int width = entries_in_byte(byte, n);
+      for (int b = 0; b < width; ++b) {
+        count += ((alive >> b) & 1u) & unsigned(uint64_t(Traits::key(w[8 * byte + b])) == threshold);
+      }
+    }
+    return count;
+  }
+
+  // Prunes item i with `share` of its tensor's ties (INT64_MAX: all) of
+  // the `ties` it holds; returns how many entries it pruned.
+  int64_t write(const Item& it, int64_t share, int64_t ties) const {
+    key_t* w = static_cast<key_t*>(weights[it.job].data_ptr());
+    uint8_t* m = bits[it.job].data_ptr<uint8_t>();
+    const int64_t n = weights[it.job].numel();
+    // An item that takes none or all of its ties compares without a branch
+    // per entry (random masks defeat the branch predictor); only the one
+    // item of a tensor where the budget runs out ranks its ties in order.
+    const bool ranked = share > 0 && share < ties;
+    const bool all = share >= ties && share > 0;
+    int64_t pruned = 0;
+    for (int64_t byte = it.first_byte; byte < it.end_byte; ++byte) {
+      const unsigned alive = m[byte];
+      if (alive == 0) {
+        continue;
+      }
+      const int width = entries_in_byte(byte, n);
+      key_t* e = w + 8 * byte;
+      unsigned gone = 0;
+      if (width == 8 && !ranked) {
+        for (int b = 0; b < 8; ++b) {
+          const uint64_t key = Traits::key(e[b]);
+          gone |= unsigned(all ? key <= threshold : key < threshold) << b;
+        }
+        gone &= alive;
+      } else {
+        for (int b = 0; b < width; ++b) {
+          if (!((alive >> b) & 1u)) {
+            continue;
+          }
+          const uint64_t key = Traits::key(e[b]);
+          bool prune = key < threshold;
+          if (key == threshold && share > 0) {
+            prune = true;
+            --share;
+          }
+          gone |= unsigned(prune) << b;
+        }
+      }
+      if (gone != 0) {
+        for (int b = 0; b < 8; ++b) {
+          e[b] &= static_cast<key_t>(key_t((gone >> b) & 1u) - key_t(1));  // +0 where gone
+        }
+        m[byte] = static_cast<uint8_t>(alive & ~gone);
+        pruned += __builtin_popcount(gone);
+      }
+    }
+    return pruned;
+  }
+
+  at::Tensor run() {
+    items = items_of(bits);
+    std::vector<int64_t> share(items.size(), INT64_MAX);
+    std::vector<int64_t> ties(items.size(), 0);
+    for_each_item(items, [&](size_t i) {
+      const size_t j = items[i].job;
+      if (partial(j)) {
+        ties[i] = count_ties(items[i]);
+      } else if (budgets[j] == 0) {
+        share[i] = 0;
+      }
+    });
+    // each partial tensor's budget, handed out to its items in flat order
+    int64_t left = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const size_t j = items[i].job;
+      if (!partial(j)) {
+        continue;
+      }
+      if (i == 0 || items[i - 1].job != j) {
+        left = budgets[j];
+      }
+      share[i] = std::min(ties[i], left);
+      left -= share[i];
+    }
+    std::vector<int64_t> pruned(items.size(), 0);
+    for_each_item(items, [&](size_t i) { pruned[i] = write(items[i], share[i], partial(items[i].job) ? ties[i] : weights[items[i].job].numel()); });
+    auto counts = at::zeros({static_cast<int64_t>(weights.size())}, at::TensorOptions().dtype(at::kLong));
+    int64_t* c = counts.data_ptr<int64_t>();
+    for (size_t i = 0; i < items.size(); ++i) {
+      c[items[i].job] += pruned[i];
+    }
+    return counts;
+  }
+};
+
+at::Tensor l1_bits_prune(at::TensorList weights, at::TensorList bits, int64_t threshold, c10::IntArrayRef ties) {
+  constexpr const char* op = "l1_bits_prune";
+  check_bit_masks(weights, bits, op, "weights");
+  check_tie_budgets(weights, ties, op);
+  TORCH_CHECK(threshold >= 0, op, ": threshold must be a non-negative key, got ", threshold);
+  if (weights.empty()) {
+    return at::zeros({0}, at::TensorOptions().dtype(at::kLong));
+  }
+  at::Tensor counts;
+  PRUNEEXT_DISPATCH_SCORES(weights[0].scalar_type(), op, [&] {
+    BitPrune<typename KeyOf<scalar_t>::type> prune{weights, bits, static_cast<uint64_t>(threshold), {}, {}};
+    for (size_t j = 0; j < weights.size(); ++j) {
+      prune.budgets.push_back(std::min(ties[j], weights[j].numel()));
+    }
+    counts = prune.run();
+  });
+  return counts;
+}
+
+// Per mask byte, the 8 AND masks of its entries (all ones where alive, 0
+// where pruned): one table lookup and a vector AND per byte, where
+// expanding the bits one by one would not vectorize.
+template <typename raw_t>
+struct ByteMasks {
+  raw_t m[256][8];
+  ByteMasks() {
+    for (int byte = 0; byte < 256; ++byte) {
+      for (int b = 0; b < 8; ++b) {
+        m[byte][b] = ((byte >> b) & 1) ? static_cast<raw_t>(~raw_t(0)) : raw_t(0);
+      }
+    }
+  }
+};
+
+// 8 entries of one width as a GCC/Clang vector (declared per width: the
+// attribute does not apply to a template-dependent type).
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint64_t u64x8 __attribute__((vector_size(64)));
+template <typename raw_t>
+struct Lanes;
+template <>
+struct Lanes<uint16_t> {
+  using type = u16x8;
+};
+template <>
+struct Lanes<uint32_t> {
+  using type = u32x8;
+};
+template <>
+struct Lanes<uint64_t> {
+  using type = u64x8;
+};
+
+template <typename raw_t>
+void apply_item(at::TensorList tensors, at::TensorList bits, const Item& it) {
+  static const ByteMasks<raw_t> table;
+  raw_t* t = static_cast<raw_t*>(tensors[it.job].data_ptr());
+  const uint8_t* m = bits[it.job].data_ptr<uint8_t>();
+  const int64_t n = tensors[it.job].numel();
+  const int64_t full_end = std::min(it.end_byte, n / 8);  // bytes of 8 entries
+  for (int64_t byte = it.first_byte; byte < full_end; ++byte) {
+    const unsigned alive = m[byte];
+    if (alive == 0xFFu) {
+      continue;  // nothing pruned: not even read
+    }
+    // the 8 entries as one vector: SIMD ANDs at whatever width the target
+    // has, where the scalar loop stays scalar
+    using lanes_t = typename Lanes<raw_t>::type;
+    static_assert(sizeof(lanes_t) == 8 * sizeof(raw_t), "8 lanes");
+    lanes_t e, keep;
+    std::memcpy(&e, t + 8 * byte, sizeof(e));
+    std::memcpy(&keep, table.m[alive], sizeof(keep));
+    e &= keep;
+    std::memcpy(t + 8 * byte, &e, sizeof(e));
+  }
+  for (int64_t byte = std::max(it.first_byte, full_end); byte < it.end_byte; ++byte) {
+    for (int b = 0; b < entries_in_byte(byte, n); ++b) {
+      if (!((m[byte] >> b) & 1u)) {
+        t[8 * byte + b] = raw_t(0);
+      }
+    }
+  }
+}
+
+void l1_bits_apply(at::TensorList tensors, at::TensorList bits) {
+  constexpr const char* op = "l1_bits_apply";
+  check_bit_masks(tensors, bits, op, "tensors");
+  if (tensors.empty()) {
+    return;
+  }
+  const auto items = items_of(bits);
+  // only zeros are written: the raw integer of the element's width will do
+  switch (tensors[0].element_size()) {
+    case 2:
+      for_each_item(items, [&](size_t i) { apply_item<uint16_t>(tensors, bits, items[i]); });
+      break;
+    case 4:
+      for_each_item(items, [&](size_t i) { apply_item<uint32_t>(tensors, bits, items[i]); });
+      break;
+    default:
+      for_each_item(items, [&](size_t i) { apply_item<uint64_t>(tensors, bits, items[i]); });
+      break;
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pruneext, CPU, m) {
+  m.impl("l1_bits_prune", &l1_bits_prune);
+  m.impl("l1_bits_apply", &l1_bits_apply);
+}
+
+}  // namespace pruneext

@@ -1,0 +1,211 @@
+"""The bit-mask ops (l1_bits_prune, l1_bits_apply; csrc/ops.cpp) on every
+backend that has them: the torch reference against a numpy oracle, and every
+kernel backend against the reference, bit for bit (weights and masks)."""
+import numpy as np
+import pytest
+import torch
+
+import pruneext
+from conftest import DEVICES
+from pruneext import _reference as ref
+from pruneext import backends, select_loop
+from test_phases import quantized, with_specials
+
+FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+ALL = select_loop.ALL
+
+BIT_PAIRS = [
+    (name, device)
+    for device in DEVICES
+    for name in backends.available_backends()
+    if name != "torch" and device in backends._registry[name].devices and backends._registry[name].bits is not None
+]
+
+
+@pytest.fixture(params=BIT_PAIRS, ids=[f"{b}-{d}" for b, d in BIT_PAIRS])
+def bit_backend(request):
+    """(bit ops, device) of a kernel backend that has them, in force."""
+    name, device = request.param
+    with pruneext.use_backend(name):
+        yield backends._registry[name].bits, device
+
+
+def test_native_backends_have_bit_ops():
+    for name in ("cpu", "cuda"):
+        if name in backends.available_backends():
+            assert backends._registry[name].bits is not None, name
+
+
+# ------------------------------------------------------------------ data
+
+
+def random_bits(numel, alive_fraction, seed, device="cpu"):
+    """A uint8 bit mask of `numel` entries with random pad bits set too (the
+    ops must leave them as they are)."""
+    g = torch.Generator().manual_seed(seed)
+    nbytes = (numel + 7) // 8
+    alive = torch.rand(nbytes * 8, generator=g) < alive_fraction
+    return torch.from_numpy(np.packbits(alive.numpy(), bitorder="little")).to(device)
+
+
+def np_key(x):
+    """(|x| as float64, where x is NaN): numpy's view of the magnitude key."""
+    a = np.abs(x.double().numpy())
+    return a, np.isnan(a)
+
+
+def oracle_prune(w, bits, threshold_value, budget):
+    """numpy: which entries l1_bits_prune prunes for a threshold given as a
+    magnitude (NaN: the NaN key)."""
+    n = w.numel()
+    alive = np.unpackbits(bits.numpy(), bitorder="little")[:n].astype(bool)
+    mag, nan = np_key(w.reshape(-1))
+    if np.isnan(threshold_value):
+        below, eq = alive & ~nan, alive & nan
+    else:
+        below = alive & ~nan & (mag < threshold_value)
+        eq = alive & ~nan & (mag == threshold_value)
+    take = np.cumsum(eq) <= budget
+    return below | (eq & take)
+
+
+# --------------------------------------------------------- reference vs numpy
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("budget", [0, 3, ALL])
+def test_reference_prune_matches_numpy(dtype, budget):
+    w = with_specials(quantized(1003, 6, dtype, seed=1), seed=2)
+    bits = random_bits(w.numel(), 0.7, seed=3)
+    value = 0.75
+    threshold = int(ref.magnitude_key(torch.tensor([value], dtype=dtype))[0])
+    want = oracle_prune(w, bits, value, budget)
+    w2, b2 = w.clone(), bits.clone()
+    counts = ref.bits_prune([w2], [b2], threshold, [budget])
+    alive_before = np.unpackbits(bits.numpy(), bitorder="little")
+    alive_after = np.unpackbits(b2.numpy(), bitorder="little")
+    n = w.numel()
+    assert int(counts[0]) == int(want.sum())
+    np.testing.assert_array_equal(alive_after[:n], alive_before[:n] & ~want)
+    np.testing.assert_array_equal(alive_after[n:], alive_before[n:])  # pad bits kept
+    flat, old = w2.reshape(-1), w.reshape(-1)
+    assert (flat[torch.from_numpy(want)] == 0).all()
+    assert not torch.signbit(flat[torch.from_numpy(want)]).any()  # +0
+    keep = torch.from_numpy(~want)
+    torch.testing.assert_close(flat[keep], old[keep], equal_nan=True, rtol=0, atol=0)
+
+
+def test_reference_prune_nan_threshold():
+    w = torch.tensor([float("nan"), 1.0, float("nan"), 2.0, float("nan")])
+    bits = torch.tensor([0b11111], dtype=torch.uint8)
+    nan_key = int(ref.magnitude_key(torch.tensor([float("nan")]))[0])
+    counts = ref.bits_prune([w], [bits], nan_key, [1])
+    assert int(counts[0]) == 3  # both finite entries and the first NaN
+    assert torch.equal(ref.unpack_bits(bits, 5), torch.tensor([False, False, True, False, True]))
+    assert w[2].isnan() and w[4].isnan() and (w[[0, 1, 3]] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_reference_apply_matches_numpy(dtype):
+    w = with_specials(quantized(517, 9, dtype, seed=4), seed=5)
+    bits = random_bits(w.numel(), 0.5, seed=6)
+    alive = np.unpackbits(bits.numpy(), bitorder="little")[: w.numel()].astype(bool)
+    w2 = w.clone()
+    ref.bits_apply([w2], [bits])
+    assert (w2.reshape(-1)[torch.from_numpy(~alive)] == 0).all()
+    keep = torch.from_numpy(alive)
+    torch.testing.assert_close(w2.reshape(-1)[keep], w.reshape(-1)[keep], equal_nan=True, rtol=0, atol=0)
+
+
+def test_pack_unpack_round_trip():
+    for n in (1, 7, 8, 9, 1000):
+        alive = torch.rand(n) < 0.5
+        packed = ref.pack_bits(alive)
+        assert packed.numel() == (n + 7) // 8
+        np.testing.assert_array_equal(packed.numpy(), np.packbits(alive.numpy(), bitorder="little"))
+        assert torch.equal(ref.unpack_bits(packed, n), alive)
+
+
+# -------------------------------------------------------- kernels vs reference
+
+
+def _list(dtype, device, seed, sizes=(1, 9, 1000, 4099, 0, 70000)):
+    ws = [with_specials(quantized(n, 5, dtype, seed=seed + i), seed=seed + i) if n else torch.empty(0, dtype=dtype)
+          for i, n in enumerate(sizes)]
+    bits = [random_bits(w.numel(), 0.8, seed=seed + 100 + i) for i, w in enumerate(ws)]
+    return [w.to(device) for w in ws], [b.to(device) for b in bits]
+
+
+def _thresholds(dtype):
+    keys = ref.magnitude_key(torch.tensor([0.0, 0.25, 0.75, 1.25, float("inf"), float("nan")], dtype=dtype))
+    return [int(k) for k in keys]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_prune_matches_reference(bit_backend, dtype):
+    ops, device = bit_backend
+    for threshold in _thresholds(dtype):
+        for budgets in ([0] * 6, [ALL] * 6, [1, 0, 5, 17, 0, 333], [ALL, 2, 0, ALL, 3, 10**6]):
+            ws, bits = _list(dtype, device, seed=threshold % 97)
+            want_w = [w.cpu().clone() for w in ws]
+            want_b = [b.cpu().clone() for b in bits]
+            want_counts = ref.bits_prune(want_w, want_b, threshold, budgets)
+            counts = ops.prune(ws, bits, threshold, budgets)
+            assert counts.device.type == torch.device(device).type
+            assert counts.cpu().tolist() == want_counts.tolist(), (threshold, budgets)
+            for got, want in zip(bits, want_b):
+                assert torch.equal(got.cpu(), want)
+            for got, want in zip(ws, want_w):
+                assert torch.equal(got.cpu().view(torch.uint8), want.view(torch.uint8))  # bit for bit
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_apply_matches_reference(bit_backend, dtype):
+    ops, device = bit_backend
+    ws, bits = _list(dtype, device, seed=7)
+    want = [w.cpu().clone() for w in ws]
+    ref.bits_apply(want, [b.cpu() for b in bits])
+    ops.apply(ws, bits)
+    for got, w in zip(ws, want):
+        assert torch.equal(got.cpu().view(torch.uint8), w.view(torch.uint8))
+
+
+def test_prune_large_single_tensor(bit_backend):
+    """A tensor of several blocks per thread or program, with one partial
+    budget deep inside it: tie ranks cross block boundaries."""
+    ops, device = bit_backend
+    w = quantized(300_001, 3, torch.float32, seed=11)
+    bits = random_bits(w.numel(), 0.9, seed=12)
+    threshold = int(ref.magnitude_key(torch.tensor([0.5]))[0])
+    want_w, want_b = w.clone(), bits.clone()
+    want = ref.bits_prune([want_w], [want_b], threshold, [20_000])
+    w, bits = w.to(device), bits.to(device)
+    got = ops.prune([w], [bits], threshold, [20_000])
+    assert got.cpu().tolist() == want.tolist()
+    assert torch.equal(bits.cpu(), want_b) and torch.equal(w.cpu(), want_w)
+
+
+def test_errors(bit_backend):
+    ops, device = bit_backend
+    w = torch.randn(10, device=device)
+    with pytest.raises(RuntimeError, match="bytes"):
+        ops.prune([w], [torch.zeros(1, dtype=torch.uint8, device=device)], 0, [0])
+    with pytest.raises(TypeError, match="uint8"):
+        ops.apply([w], [torch.zeros(2, dtype=torch.int32, device=device)])
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ops.apply([torch.randn(4, 4, device=device).t()], [torch.zeros(2, dtype=torch.uint8, device=device)])
+    with pytest.raises(RuntimeError, match="negative"):
+        ops.prune([w], [torch.zeros(2, dtype=torch.uint8, device=device)], 0, [-1])
+    with pytest.raises(RuntimeError, match="tie budgets"):
+        ops.prune([w], [torch.zeros(2, dtype=torch.uint8, device=device)], 0, [0, 0])
+    with pytest.raises(TypeError):
+        ops.apply([torch.zeros(8, dtype=torch.int32, device=device)], [torch.zeros(1, dtype=torch.uint8, device=device)])
+
+
+def test_native_opcheck():
+    if "cpu" not in backends.available_backends():
+        pytest.skip("the C++ backend was not built")
+    w = [torch.randn(37), torch.randn(5, 3)]
+    bits = [random_bits(37, 0.8, 1), random_bits(15, 0.8, 2)]
+    torch.library.opcheck(torch.ops.pruneext.l1_bits_prune.default, (w, bits, 1 << 29, [1, ALL]))
+    torch.library.opcheck(torch.ops.pruneext.l1_bits_apply.default, (w, bits))
