@@ -33,6 +33,8 @@ from .methods import (
     RandomUnstructured,
 )
 from ._info import build_info
+from . import schedules
+from .pruner import MagnitudePruner
 
 # torch.nn.utils.prune's module-level helpers, which code and test suites
 # written against it call (prune._compute_nparams_toprune(...)): torch's own
@@ -58,6 +60,7 @@ __all__ = [
     "CustomFromMask",
     "Identity",
     "L1Unstructured",
+    "MagnitudePruner",
     "LnStructured",
     "PruningContainer",
     "RandomStructured",
@@ -75,6 +78,7 @@ __all__ = [
     "random_structured",
     "random_unstructured",
     "remove",
+    "schedules",
     "set_backend",
     "use_backend",
 ]

@@ -1,0 +1,149 @@
+"""The masks of pruneext.MagnitudePruner, in its two formats, and how the
+selection loop (pruneext.select_loop) sees weights pruned in place.
+
+`bits` keeps one bit per entry (uint8, ceil(numel / 8) bytes: bit e & 7 of
+byte e >> 3) and runs on the bit-mask ops (l1_bits_prune, l1_bits_apply);
+`bool` keeps one bool per entry and runs on the phase ops with the masks as
+default masks, as torch.nn.utils.prune's iterative pruning would.
+
+The pruner keeps every pruned weight at +0 (it re-zeroes them before each
+selection), so with bits the histograms need no mask at all: an entry that
+is pruned is a zero of key 0, and the alive histogram is the histogram of
+every entry less the pruned count in the bin of key 0. Nothing reads the bits
+until the write, which prunes only alive entries.
+"""
+import torch
+
+from . import backends, ops
+from ._reference import unpack_bits
+
+FORMATS = ("bits", "bool")
+
+
+def _bit_ops(tensors):
+    return backends.resolve(tensors[0].device, tensors[0].dtype, phases=True, bits=True)
+
+
+class BitMasks:
+    """Packed masks, one uint8 tensor per weight."""
+
+    name = "bits"
+
+    def __init__(self, weights):
+        # pad bits set too: the ops ignore them, and a byte of 8 alive
+        # entries is all ones either way
+        self.masks = [torch.full(((w.numel() + 7) // 8,), 255, dtype=torch.uint8, device=w.device) for w in weights]
+
+    def apply(self, tensors, index):
+        """Zero, in place, what masks[index[i]] prunes in tensors[i] (one
+        dtype and device)."""
+        if tensors:
+            _bit_ops(tensors).bits.apply(tensors, [self.masks[j] for j in index])
+
+    def selection_input(self, weights, index, pruned):
+        return _ZeroedWeights(weights, [self.masks[j] for j in index], [pruned[j] for j in index])
+
+    def as_bool(self, j, shape):
+        return unpack_bits(self.masks[j], _numel(shape)).reshape(shape)
+
+    def pruned_count(self, j, numel):
+        return numel - int(unpack_bits(self.masks[j], numel).sum())
+
+    def check_state(self, j, mask, weight):
+        if mask.dtype != torch.uint8 or mask.shape != self.masks[j].shape:
+            raise ValueError(
+                f"bit mask {j}: expected uint8 of shape {tuple(self.masks[j].shape)}, "
+                f"got {mask.dtype} of shape {tuple(mask.shape)}"
+            )
+
+
+class BoolMasks:
+    """One bool per entry, the parameter's shape."""
+
+    name = "bool"
+
+    def __init__(self, weights):
+        self.masks = [torch.ones_like(w, dtype=torch.bool) for w in weights]
+
+    def apply(self, tensors, index):
+        for t, j in zip(tensors, index):
+            t.masked_fill_(self.masks[j].logical_not(), 0)
+
+    def selection_input(self, weights, index, pruned):
+        return _BoolMasked(weights, [self.masks[j] for j in index])
+
+    def as_bool(self, j, shape):
+        return self.masks[j].clone()
+
+    def pruned_count(self, j, numel):
+        return numel - int(self.masks[j].sum())
+
+    def check_state(self, j, mask, weight):
+        if mask.dtype != torch.bool or mask.shape != self.masks[j].shape:
+            raise ValueError(
+                f"bool mask {j}: expected bool of shape {tuple(self.masks[j].shape)}, "
+                f"got {mask.dtype} of shape {tuple(mask.shape)}"
+            )
+
+
+def new_masks(mask_format, weights):
+    return {"bits": BitMasks, "bool": BoolMasks}[mask_format](weights)
+
+
+def _numel(shape):
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+class _ZeroedWeights:
+    """Weights of one dtype and device, pruned in place (pruned entries are
+    +0) with bit masks, as select_loop's phase input: its mask write prunes
+    in place and returns how many entries each weight lost."""
+
+    def __init__(self, weights, masks, pruned):
+        backend = _bit_ops(weights)
+        self.scores, self.masks = weights, masks  # (select_loop reads .scores)
+        self.pruned = torch.tensor(pruned, dtype=torch.int64)
+        self.key_bits = ops.KEY_BITS[weights[0].dtype]
+        self.phases, self.bits = backend.phases, backend.bits
+        self.none = [None] * len(weights)
+
+    def key_histogram(self, shift, bits, prefix):
+        hist = self.phases.key_histogram(self.scores, self.none, False, shift, bits, prefix)
+        if prefix == 0:  # the bucket that holds key 0: the pruned entries
+            hist[0] -= int(self.pruned.sum())
+        return hist
+
+    def count_equal(self, threshold):
+        counts = self.phases.count_equal(self.scores, self.none, False, threshold).cpu()
+        return counts - self.pruned if threshold == 0 else counts
+
+    def mask_write(self, threshold, ties):
+        return self.bits.prune(self.scores, self.masks, threshold, list(ties)).cpu()
+
+
+class _BoolMasked:
+    """Weights with bool masks as select_loop's phase input: the phase ops
+    among the alive entries; the write zeroes the newly pruned weights and
+    updates the masks in place."""
+
+    def __init__(self, weights, masks):
+        self.inputs = ops.PhaseInput(weights, masks, among_alive=True)
+        self.scores, self.masks = weights, masks
+        self.key_bits = self.inputs.key_bits
+
+    def key_histogram(self, shift, bits, prefix):
+        return self.inputs.key_histogram(shift, bits, prefix)
+
+    def count_equal(self, threshold):
+        return self.inputs.count_equal(threshold).cpu()
+
+    def mask_write(self, threshold, ties):
+        counts = []
+        for w, m, new in zip(self.scores, self.masks, self.inputs.mask_write(threshold, ties)):
+            counts.append(int(m.sum()) - int(new.sum()))
+            m.copy_(new)
+            w.masked_fill_(new.logical_not(), 0)
+        return torch.tensor(counts, dtype=torch.int64)

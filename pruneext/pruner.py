@@ -1,0 +1,262 @@
+"""MagnitudePruner: lean, in-place magnitude pruning for training.
+
+    pruner = pruneext.MagnitudePruner(model, pruneext.schedules.cubic(0.8, end=1000, every=50))
+    for batch in data:
+        loss(model(batch)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        pruner.step()
+
+torch.nn.utils.prune reparametrizes: it keeps `weight_orig`, a `weight_mask`
+of the weight's dtype and recomputes `weight` in a forward pre-hook, two
+extra parameter-sized tensors per weight. The pruner instead zeroes pruned
+weights where they are and keeps one bit per entry:
+
+  * the parameters stay the same nn.Parameter objects (the optimizer keeps
+    them), the model gets no forward hooks and its state_dict keeps its
+    standard keys: a saved model is a sparse model;
+  * a hook masks each gradient as it is accumulated, so optimizer moments
+    never see pruned entries; `step()` (after optimizer.step()) re-zeroes
+    what weight decay or momentum moved;
+  * the masks are those of pruneext's global_unstructured / l1_unstructured
+    (exactly round(s * n) entries zero, ties to the lowest index, NaN
+    largest), found by pruneext.select_loop on the phase ops, and they only
+    grow: each update prunes among the entries still alive.
+
+Sparsity is the fraction of the entries in scope that are zero: over all
+weights together (scope="global", one threshold) or per weight ("layer").
+"""
+import numbers
+from typing import Callable, Iterable, Union
+
+import torch
+from torch import nn
+
+from . import lean_masks, select_loop
+from .distributed import is_dtensor
+from .ops import KEY_BITS
+from .schedules import Constant, _fraction
+
+SCOPES = ("global", "layer")
+
+
+def _targets(parameters):
+    """[(module, name, label)] of what to prune."""
+    if isinstance(parameters, nn.Module):
+        found = [
+            (m, "weight", f"{path}.weight" if path else "weight")
+            for path, m in parameters.named_modules()
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) and isinstance(getattr(m, "weight", None), nn.Parameter)
+        ]
+        if not found:
+            raise ValueError("MagnitudePruner: the module has no nn.Linear or nn.ConvNd weight to prune")
+        return found
+    if isinstance(parameters, (str, bytes)) or not isinstance(parameters, Iterable):
+        raise TypeError(
+            "MagnitudePruner: parameters must be an nn.Module or an iterable of (module, name) pairs, "
+            f"got {type(parameters).__name__}"
+        )
+    found = []
+    for pair in parameters:
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], nn.Module) and isinstance(pair[1], str)):
+            raise TypeError(f"MagnitudePruner: expected (module, name) pairs, got {pair!r}")
+        found.append((pair[0], pair[1], f"{type(pair[0]).__name__}.{pair[1]}"))
+    if not found:
+        raise ValueError("MagnitudePruner: no parameters to prune")
+    return found
+
+
+def _parameter(module, name, label):
+    p = getattr(module, name, None)
+    if not isinstance(p, nn.Parameter):
+        hint = " (pruned by torch.nn.utils.prune? call prune.remove first)" if hasattr(module, name + "_orig") else ""
+        raise ValueError(f"MagnitudePruner: {label} is not an nn.Parameter{hint}")
+    if not p.dtype.is_floating_point:
+        raise TypeError(f"MagnitudePruner: {label} is {p.dtype}; only floating parameters are pruned")
+    if p.dtype not in KEY_BITS:
+        raise TypeError(f"MagnitudePruner: {label} is {p.dtype}; supported: {', '.join(map(str, KEY_BITS))}")
+    if is_dtensor(p):
+        raise NotImplementedError(f"MagnitudePruner: {label} is a DTensor; sharded parameters are not supported yet")
+    if not p.is_contiguous():
+        raise ValueError(f"MagnitudePruner: {label} is not contiguous (it is pruned in place in row-major order)")
+    return p
+
+
+class MagnitudePruner:
+    """Prunes `parameters` in place to `sparsity` by magnitude (L1), keeping
+    the masks through training.
+
+    parameters: an nn.Module (the `weight` of every nn.Linear and nn.ConvNd
+        in it) or an iterable of (module, name) pairs, as global_unstructured.
+    sparsity: a float in [0, 1], or a schedule: a callable step -> float
+        (pruneext.schedules). Step 0 is applied here; each step() advances.
+    scope: "global" (one threshold over all the weights; they must share a
+        dtype and device) or "layer" (each weight to its own sparsity).
+    mask_format: "bits" (1 bit per entry) or "bool" (1 byte per entry).
+    """
+
+    def __init__(
+        self,
+        parameters,
+        sparsity: Union[float, Callable[[int], float]],
+        scope: str = "global",
+        mask_format: str = "bits",
+    ):
+        if scope not in SCOPES:
+            raise ValueError(f"MagnitudePruner: unknown scope {scope!r}; choose one of {SCOPES}")
+        if mask_format not in lean_masks.FORMATS:
+            raise ValueError(f"MagnitudePruner: unknown mask_format {mask_format!r}; choose one of {lean_masks.FORMATS}")
+        self.schedule = sparsity if callable(sparsity) else Constant(sparsity)
+        targets = _targets(parameters)
+        params = [_parameter(m, n, label) for m, n, label in targets]
+        seen = {}
+        for p, (_, _, label) in zip(params, targets):
+            if id(p) in seen:
+                raise ValueError(f"MagnitudePruner: {label} is listed twice (as {seen[id(p)]})")
+            seen[id(p)] = label
+        if scope == "global" and len({(p.dtype, p.device) for p in params}) > 1:
+            raise ValueError(
+                "MagnitudePruner: scope='global' ranks all weights in one dtype on one device; "
+                "these have several (use scope='layer', or one pruner per dtype)"
+            )
+        first = self._sparsity_at(0)
+        self.scope, self.mask_format = scope, mask_format
+        self.targets = [(m, n) for m, n, _ in targets]
+        self.labels = [label for _, _, label in targets]
+        self.params = params
+        self._masks = lean_masks.new_masks(mask_format, params)
+        self.pruned = [0] * len(params)  # zero entries of each weight's mask
+        self.step_count = 0
+        self.sparsity = 0.0  # the sparsity the masks were last pruned to
+        self._index = {(id(m), n): j for j, (m, n) in enumerate(self.targets)}
+        self._hooks = [p.register_post_accumulate_grad_hook(self._grad_hook(j)) for j, p in enumerate(params)]
+        self._prune_to(first)
+
+    # ------------------------------------------------------------ training
+
+    def step(self):
+        """After optimizer.step(): re-zero the pruned weights, advance the
+        schedule by one step and, if its sparsity grew, prune to it."""
+        self._check_live()
+        target = self._sparsity_at(self.step_count + 1)
+        self.step_count += 1
+        self.apply()
+        if target > self.sparsity:
+            self._prune_to(target)
+
+    @torch.no_grad()
+    def apply(self):
+        """Zero every pruned weight in place (one pass per dtype and device)."""
+        for index in self._groups():
+            self._masks.apply([self.params[j].detach() for j in index], index)
+
+    def mask(self, module, name="weight"):
+        """The current mask of module.name: a bool tensor of its shape
+        (True where kept)."""
+        j = self._index.get((id(module), name))
+        if j is None:
+            raise KeyError(f"MagnitudePruner: {type(module).__name__}.{name} is not pruned by this pruner")
+        return self._masks.as_bool(j, self.params[j].shape)
+
+    # --------------------------------------------------------------- state
+
+    def state_dict(self):
+        """The step, the sparsity reached and the masks (in the order the
+        parameters were given); no parameter values."""
+        return {
+            "step": self.step_count,
+            "sparsity": self.sparsity,
+            "scope": self.scope,
+            "mask_format": self.mask_format,
+            "names": list(self.labels),
+            "masks": [m.clone() for m in self._masks.masks],
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state):
+        """Restore masks, step and sparsity, and zero the weights the masks
+        prune. Checked in full before anything changes."""
+        self._check_live()
+        for key in ("step", "sparsity", "mask_format", "masks"):
+            if key not in state:
+                raise KeyError(f"MagnitudePruner.load_state_dict: missing {key!r}")
+        if state["mask_format"] != self.mask_format:
+            raise ValueError(
+                f"MagnitudePruner.load_state_dict: masks are {state['mask_format']!r}, this pruner keeps {self.mask_format!r}"
+            )
+        masks = list(state["masks"])
+        if len(masks) != len(self.params):
+            raise ValueError(f"MagnitudePruner.load_state_dict: {len(masks)} masks for {len(self.params)} parameters")
+        for j, (m, p) in enumerate(zip(masks, self.params)):
+            if not isinstance(m, torch.Tensor):
+                raise TypeError(f"MagnitudePruner.load_state_dict: mask {j} is not a tensor")
+            self._masks.check_state(j, m, p)
+        sparsity = _fraction(state["sparsity"], "sparsity")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
+            raise ValueError(f"MagnitudePruner.load_state_dict: bad step {step!r}")
+        for own, m, p in zip(self._masks.masks, masks, self.params):
+            own.copy_(m.to(own.device))
+        self.pruned = [self._masks.pruned_count(j, p.numel()) for j, p in enumerate(self.params)]
+        self.step_count, self.sparsity = int(step), sparsity
+        self.apply()
+
+    def remove(self):
+        """Stop pruning: remove the gradient hooks and drop the masks. The
+        weights keep their zeros (they are the model's own values)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks, self._masks = [], None
+
+    # ------------------------------------------------------------ internal
+
+    def _check_live(self):
+        if self._masks is None:
+            raise RuntimeError("MagnitudePruner: remove() was called; this pruner no longer prunes")
+
+    def _sparsity_at(self, step):
+        return _fraction(self.schedule(step), f"sparsity at step {step}")
+
+    def _groups(self):
+        """Indices of the weights by (dtype, device), first-seen order."""
+        groups = {}
+        for j, p in enumerate(self.params):
+            groups.setdefault((p.dtype, p.device), []).append(j)
+        return list(groups.values())
+
+    def _grad_hook(self, j):
+        def hook(p):
+            if p.grad is None or self._masks is None:
+                return
+            with torch.no_grad():
+                g = p.grad
+                # the ops write in place in row-major order
+                work = g if g.is_contiguous() else g.contiguous()
+                self._masks.apply([work], [j])
+                if work is not g:
+                    g.copy_(work)
+
+        return hook
+
+    @torch.no_grad()
+    def _prune_to(self, sparsity):
+        """Prune among the alive entries until `sparsity` of the entries in
+        scope are zero (round(s * n), as torch's amount)."""
+        self.apply()  # the selection relies on pruned weights being +0
+        if self.scope == "global":
+            index = list(range(len(self.params)))
+            total = sum(p.numel() for p in self.params)
+            self._prune_group(index, round(sparsity * total) - sum(self.pruned))
+        else:
+            for j, p in enumerate(self.params):
+                self._prune_group([j], round(sparsity * p.numel()) - self.pruned[j])
+        self.sparsity = max(self.sparsity, sparsity)
+
+    def _prune_group(self, index, k):
+        if k <= 0:
+            return
+        weights = [self.params[j].detach() for j in index]
+        inputs = self._masks.selection_input(weights, index, self.pruned)
+        counts = select_loop.select(inputs, lambda alive: k)
+        for j, c in zip(index, counts.tolist()):
+            self.pruned[j] += int(c)
