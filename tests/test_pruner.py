@@ -2,6 +2,9 @@
 and the numpy oracle: the same masks, exact k, in place, through training,
 state, removal and bad input; and pruneext.schedules."""
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -379,3 +382,11 @@ def test_schedule_drives_the_pruner():
         counts.append(sum(int((~pruner.mask(mod, n)).sum()) for mod, n in pairs(m)))
         assert counts[-1] == round(sched(step) * total)
     assert counts == sorted(counts) and counts[0] == 0 and counts[-1] == round(0.9 * total)
+
+
+def test_readme_example_runs():
+    """README's training example, as written: examples/lean_training.py."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "examples/lean_training.py"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "sparsity 0.80, zero weights 0.800" in done.stdout

@@ -1,0 +1,301 @@
+"""The lean training mode (pruneext.MagnitudePruner) against dense training
+and torch.nn.utils.prune's hook reparametrization.
+
+    python -m benchmarks.training [--device cpu] [--reps 5] [--json out.json] [--quick]
+
+Three parts, each a median over `reps` runs in this process (the memory
+figures in a fresh subprocess each):
+
+1. One mask update over 16 x Linear(2048, 2048) fp32 (67.1 M entries), a
+   global 50 % update of a pruner at 0 %, against `clone()` of every weight
+   (fresh memory, as a copy costs) and torch's `global_unstructured` at 50 %;
+   re-masking (`pruner.apply()`, the pass after each optimizer step) against
+   one in-place pass over the weights (`mul_(1)`).
+2. Memory: the pruner's persistent state (its masks) and the peak extra
+   memory of one update (VmHWM growth of a subprocess, benchmarks.memory's
+   method), against the parameter bytes; torch's reparametrization keeps a
+   `weight_mask` and a recomputed `weight` per weight (counted from the
+   module).
+3. One training step (forward, backward, AdamW step, zero_grad) of a
+   LLaMA-shaped decoder of about 20 M parameters on 1,024 tokens (4 x 256),
+   fp32: dense; torch's hooks (global_unstructured at 50 % first); the
+   pruner at 50 % with no update in the step (pruner.step() re-masks only);
+   the pruner updating every step (a schedule that rises each step).
+"""
+import argparse
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+import pruneext
+
+from . import machine
+from .memory import _reset_high_water_mark, _return_free_heap, _vm_hwm_bytes
+
+_PREFIX = "BENCHMARK-TRAINING-MEMORY "
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(call, reps, device, setup=None):
+    """Median seconds of call(state) over reps runs after one warm-up;
+    setup() (untimed) builds each run's state."""
+    times = []
+    for i in range(reps + 1):
+        state = setup() if setup else None
+        _sync(device)
+        t0 = time.perf_counter()
+        call(state)
+        _sync(device)
+        if i:  # the first run warms up
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# ------------------------------------------------------------ 1. the update
+
+
+def linears(device, seed=0, n=16, width=2048):
+    torch.manual_seed(seed)
+    return nn.Sequential(*[nn.Linear(width, width, bias=False) for _ in range(n)]).to(device)
+
+
+def update_figures(device, reps, width):
+    model = linears(device, width=width)
+    weights = [m.weight for m in model]
+    originals = [w.detach().clone() for w in weights]
+    rising = lambda step: 0.0 if step == 0 else 0.5  # noqa: E731
+
+    def fresh_pruner(_=None):
+        with torch.no_grad():
+            for w, o in zip(weights, originals):
+                w.copy_(o)
+        return pruneext.MagnitudePruner(model, rising)
+
+    def torch_setup():
+        m = copy.deepcopy(model)
+        return [(lin, "weight") for lin in m]
+
+    pruner = fresh_pruner()
+    pruner.step()
+    out = {
+        "entries": sum(w.numel() for w in weights),
+        "clone_s": median_time(lambda _: [w.detach().clone() for w in weights], reps, device),
+        "inplace_pass_s": median_time(lambda _: [w.detach().mul_(1) for w in weights], reps, device),
+        "update_s": median_time(lambda p: p.step(), reps, device, setup=fresh_pruner),
+        "remask_s": median_time(lambda _: pruner.apply(), reps, device),
+        "torch_global_s": median_time(
+            lambda params: torch_prune.global_unstructured(params, torch_prune.L1Unstructured, amount=0.5),
+            max(1, reps // 2), device, setup=torch_setup,
+        ),
+    }
+    out["update_over_clone"] = out["update_s"] / out["clone_s"]
+    out["remask_over_pass"] = out["remask_s"] / out["inplace_pass_s"]
+    out["torch_over_update"] = out["torch_global_s"] / out["update_s"]
+    return out
+
+
+# ------------------------------------------------------------- 2. memory
+
+
+def _measure_update_peak(width):
+    """(In the subprocess.) Peak extra RSS of one global 50 % update."""
+    model = linears("cpu", width=width)
+    pruner = pruneext.MagnitudePruner(model, lambda s: 0.0 if s == 0 else 0.5)
+    warm = pruneext.MagnitudePruner(linears("cpu", n=2, width=64), lambda s: 0.0 if s == 0 else 0.5)
+    warm.step()  # loads and warms the ops
+    _return_free_heap()
+    reset = _reset_high_water_mark()
+    before = _vm_hwm_bytes()
+    pruner.step()
+    after = _vm_hwm_bytes()
+    param_bytes = sum(m.weight.numel() * m.weight.element_size() for m in model)
+    mask_bytes = sum(t.numel() * t.element_size() for t in pruner.state_dict()["masks"])
+    return {"update_peak_extra": after - before, "hwm_reset": reset, "param_bytes": param_bytes, "mask_bytes": mask_bytes}
+
+
+def memory_figures(width):
+    cmd = [sys.executable, "-m", "benchmarks.training", "--measure-memory", "--width", str(width)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=True)
+    line = next(l for l in done.stdout.splitlines() if l.startswith(_PREFIX))
+    out = json.loads(line[len(_PREFIX):])
+    out["mask_over_params"] = out["mask_bytes"] / out["param_bytes"]
+    out["update_peak_over_params"] = out["update_peak_extra"] / out["param_bytes"]
+    return out
+
+
+def torch_reparam_bytes(model_pairs):
+    """Bytes torch's reparametrization adds per pruned weight: the mask
+    buffer and the recomputed `weight` (weight_orig is the parameter)."""
+    extra = 0
+    for mod, name in model_pairs:
+        for t in (getattr(mod, name + "_mask"), getattr(mod, name)):
+            extra += t.numel() * t.element_size()
+    return extra
+
+
+# -------------------------------------------------------- 3. training step
+
+
+class Block(nn.Module):
+    """A LLaMA-style decoder block: RMSNorm, causal attention (q, k, v, o),
+    RMSNorm, SwiGLU MLP (gate, up, down)."""
+
+    def __init__(self, dim, ffn, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.RMSNorm(dim), nn.RMSNorm(dim)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim, bias=False) for _ in range(4))
+        self.gate, self.up = nn.Linear(dim, ffn, bias=False), nn.Linear(dim, ffn, bias=False)
+        self.down = nn.Linear(ffn, dim, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        h = self.norm1(x)
+        q, k, v = (p(h).view(b, t, self.heads, d // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.o(a.transpose(1, 2).reshape(b, t, d))
+        h = self.norm2(x)
+        return x + self.down(nn.functional.silu(self.gate(h)) * self.up(h))
+
+
+class Decoder(nn.Module):
+    def __init__(self, vocab=4096, dim=512, ffn=1376, blocks=5, heads=8):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.blocks = nn.ModuleList(Block(dim, ffn, heads) for _ in range(blocks))
+        self.norm = nn.RMSNorm(dim)
+        self.head = nn.Linear(dim, vocab, bias=False)
+
+    def forward(self, tokens):
+        x = self.embed(tokens)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x))
+
+
+def _linear_pairs(model):
+    return [(m, "weight") for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def training_figures(device, reps, quick):
+    torch.manual_seed(0)
+    base = Decoder(**(dict(vocab=512, dim=128, ffn=344, blocks=2) if quick else {})).to(device)
+    tokens = torch.randint(0, base.embed.num_embeddings, (4, 64 if quick else 256), device=device)
+    targets = torch.roll(tokens, -1, 1)
+
+    def contender(kind):
+        model = copy.deepcopy(base)
+        after = lambda: None  # noqa: E731
+        if kind == "torch hooks":
+            torch_prune.global_unstructured(_linear_pairs(model), torch_prune.L1Unstructured, amount=0.5)
+        elif kind == "pruner":
+            after = pruneext.MagnitudePruner(_linear_pairs(model), 0.5).step
+        elif kind == "pruner, updating":
+            # a rise at every step: each step() prunes globally among the alive
+            after = pruneext.MagnitudePruner(_linear_pairs(model), lambda s: min(0.9, 0.3 + 0.01 * s)).step
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(_):
+            logits = model(tokens)
+            nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            after()
+
+        step(None)  # the optimizer's state exists before timing
+        return model, step
+
+    out = {"params": sum(p.numel() for p in base.parameters()),
+           "pruned_params": sum(m.weight.numel() for m, _ in _linear_pairs(base)),
+           "tokens": tokens.numel()}
+    kinds = ("dense", "torch hooks", "pruner", "pruner, updating")
+    steps = {k: contender(k) for k in kinds}
+    # interleaved rounds, so drift (other load, turbo) hits every contender alike
+    times = {k: [] for k in kinds}
+    for _ in range(reps):
+        for k in kinds:
+            times[k].append(median_time(steps[k][1], 1, device))
+    for k in kinds:
+        out[f"{k} step_s"] = statistics.median(times[k])
+    dense = out["dense step_s"]
+    for k in kinds[1:]:
+        out[f"{k} over dense"] = out[f"{k} step_s"] / dense
+    hooked = steps["torch hooks"][0]
+    out["torch hooks extra_bytes"] = torch_reparam_bytes(_linear_pairs(hooked))
+    out["param_bytes"] = sum(m.weight.numel() * m.weight.element_size() for m, _ in _linear_pairs(base))
+    return out
+
+
+# ------------------------------------------------------------------ report
+
+
+def format_report(r):
+    u, m, t = r["update"], r["memory"], r["training"]
+    ms = lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731
+    lines = [
+        f"## 1. Update over 16 x Linear({r['width']}, {r['width']}) fp32 ({u['entries'] / 1e6:.1f} M entries)",
+        "| | median | ratio |",
+        "|---|---|---|",
+        f"| clone() of every weight | {ms(u['clone_s'])} | 1.00x |",
+        f"| pruner update 0 -> 50 % (global) | {ms(u['update_s'])} | {u['update_over_clone']:.2f}x clone |",
+        f"| torch global_unstructured 50 % | {ms(u['torch_global_s'])} | {u['torch_over_update']:.1f}x the update |",
+        f"| in-place pass (mul_(1)) | {ms(u['inplace_pass_s'])} | 1.00x |",
+        f"| re-mask (pruner.apply()) | {ms(u['remask_s'])} | {u['remask_over_pass']:.2f}x the pass |",
+        "",
+        "## 2. Memory (fp32)",
+        f"- pruner's persistent state: {m['mask_bytes'] / 1e6:.2f} MB of masks = {m['mask_over_params']:.4f}x the parameter bytes",
+        f"- peak extra memory of one update: {m['update_peak_extra'] / 1e6:.2f} MB = {m['update_peak_over_params']:.3f}x"
+        f" the parameter bytes (VmHWM reset: {m['hwm_reset']})",
+        f"- torch's reparametrization on the decoder: {t['torch hooks extra_bytes'] / t['param_bytes']:.2f}x the pruned"
+        " parameter bytes, kept for the whole training",
+        "",
+        f"## 3. Training step, decoder of {t['params'] / 1e6:.1f} M parameters, {t['tokens']} tokens, AdamW",
+        "| | median | over dense |",
+        "|---|---|---|",
+        f"| dense | {ms(t['dense step_s'])} | 1.00x |",
+    ]
+    for k in ("torch hooks", "pruner", "pruner, updating"):
+        lines.append(f"| {k} | {ms(t[k + ' step_s'])} | {t[k + ' over dense']:.3f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--width", type=int, default=2048, help="width of the 16 Linear layers of part 1")
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the harness")
+    ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.measure_memory:
+        print(_PREFIX + json.dumps(_measure_update_peak(args.width)), flush=True)
+        return
+    width = 256 if args.quick else args.width
+    result = {
+        "machine": machine.info(),
+        "command": machine.command_line(),
+        "width": width,
+        "update": update_figures(args.device, args.reps, width),
+        "memory": memory_figures(width),
+        "training": training_figures(args.device, args.reps, args.quick),
+    }
+    print(format_report(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

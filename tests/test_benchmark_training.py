@@ -1,0 +1,19 @@
+"""The training benchmark's harness (benchmarks.training) at its smoke size:
+it runs, its figures are consistent, and the pruner's state is the bits."""
+import json
+
+import pytest
+
+from benchmarks import training
+
+
+def test_quick_run(tmp_path, capsys):
+    out = tmp_path / "training.json"
+    training.main(["--quick", "--reps", "1", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert r["memory"]["mask_over_params"] == pytest.approx(1 / 32)  # fp32: one bit per 32
+    assert r["training"]["torch hooks extra_bytes"] == 2 * r["training"]["param_bytes"]  # mask + weight
+    for key in ("clone_s", "update_s", "remask_s", "inplace_pass_s", "torch_global_s"):
+        assert r["update"][key] > 0
+    report = capsys.readouterr().out
+    assert "pruner update 0 -> 50 % (global)" in report and "| pruner, updating |" in report
