@@ -52,6 +52,17 @@ TORCH_LIBRARY(pruneext, m) {
       "l1_mask_write(Tensor[] scores, Tensor?[] default_masks, bool among_alive, "
       "SymInt threshold, SymInt[] ties) -> Tensor[]");
 
+  // The threshold of the fused select without its write, for a driver in
+  // one process (select_loop) that writes the masks itself: int64 [T,
+  // below, equal, equal_0, ..., equal_{n-1}], the k-th smallest alive key T,
+  // the alive entries of key < T, those of key == T, and those of key == T
+  // in each tensor (counted on the select's candidates, where it kept them;
+  // all 0 for k = 0). k must not exceed the alive entries. Only some
+  // backends have it (the driver runs the histogram passes elsewhere).
+  m.def(
+      "l1_select_threshold(Tensor[] scores, Tensor?[] default_masks, bool among_alive, "
+      "SymInt k) -> Tensor");
+
   // Lean training (pruneext.MagnitudePruner): masks packed to bits, one
   // contiguous uint8 tensor per tensor of ceil(numel / 8) bytes; entry e is
   // alive iff bit (e & 7) of byte (e >> 3) is 1 (numpy's little bit order;

@@ -62,6 +62,11 @@ if LOAD_ERROR is None:
         return _l1_mask_global_fake(scores, 0, default_masks, among_alive)
 
 
+    @torch.library.register_fake("pruneext::l1_select_threshold")
+    def _l1_select_threshold_fake(scores, default_masks, among_alive, k):
+        device = scores[0].device if scores else "cpu"
+        return torch.empty(3 + len(scores), dtype=torch.int64, device=device)
+
     @torch.library.register_fake("pruneext::l1_bits_prune")
     def _l1_bits_prune_fake(weights, bits, threshold, ties):
         device = weights[0].device if weights else "cpu"
@@ -80,11 +85,15 @@ def _l1_mask_global(scores, k, default_masks, among_alive=False):
     return torch.ops.pruneext.l1_mask_global(scores, k, default_masks, among_alive)
 
 
-_PHASES = backends.Phases(
-    key_histogram=lambda *a: torch.ops.pruneext.l1_key_histogram(*a),
-    count_equal=lambda *a: torch.ops.pruneext.l1_count_equal(*a),
-    mask_write=lambda *a: torch.ops.pruneext.l1_mask_write(*a),
-)
+def _phases(dispatch_key):
+    has_select = has_kernel("l1_select_threshold", dispatch_key)
+    return backends.Phases(
+        key_histogram=lambda *a: torch.ops.pruneext.l1_key_histogram(*a),
+        count_equal=lambda *a: torch.ops.pruneext.l1_count_equal(*a),
+        mask_write=lambda *a: torch.ops.pruneext.l1_mask_write(*a),
+        select_threshold=(lambda *a: torch.ops.pruneext.l1_select_threshold(*a)) if has_select else None,
+    )
+
 
 
 _BITS = backends.BitOps(
@@ -101,7 +110,7 @@ def _register(name, dispatch_key, device_available, why_no_device):
     elif not device_available:
         backends.mark_unavailable(name, why_no_device)
     else:
-        phases = _PHASES if has_kernel("l1_key_histogram", dispatch_key) else None
+        phases = _phases(dispatch_key) if has_kernel("l1_key_histogram", dispatch_key) else None
         bits = _BITS if has_kernel("l1_bits_prune", dispatch_key) else None
         backends.register(
             backends.Backend(name, (name,), _l1_mask, _l1_mask_global, phases=phases, bits=bits)

@@ -254,6 +254,26 @@ def bits_apply(tensors, bits):
         t.view(-1).masked_fill_(~unpack_bits(b, t.numel()), 0)
 
 
+def select_threshold(scores, default_masks, among_alive, k):
+    """[T, below, equal, equal per tensor...] of the k-th smallest alive key
+    (csrc/ops.cpp)."""
+    device = _device_of(scores)
+    if scores and scores[0].is_meta:
+        return torch.zeros(3 + len(scores), dtype=torch.int64, device="meta")
+    if k < 0:
+        raise RuntimeError(f"l1_select_threshold: k must be non-negative, got {k}")
+    if k == 0:
+        return torch.zeros(3 + len(scores), dtype=torch.int64, device=device)
+    parts = [key if alive is None else key[alive] for key, alive in _alive_keys(scores, default_masks, among_alive)]
+    keys = torch.cat(parts)
+    if k > keys.numel():
+        raise RuntimeError(f"l1_select_threshold: k={k} exceeds the {keys.numel()} entries that can be pruned")
+    threshold = int(torch.kthvalue(keys, k).values)
+    found = [threshold, int((keys < threshold).sum()), int((keys == threshold).sum())]
+    found += [int((part == threshold).sum()) for part in parts]
+    return torch.tensor(found, dtype=torch.int64, device=device)
+
+
 backends.register(
     backends.Backend(
         name="torch",
@@ -262,7 +282,7 @@ backends.register(
         l1_mask_global=l1_mask_global,
         score_dtypes=None,
         mask_dtypes=None,
-        phases=backends.Phases(key_histogram, count_equal, mask_write),
+        phases=backends.Phases(key_histogram, count_equal, mask_write, select_threshold),
         bits=backends.BitOps(bits_prune, bits_apply),
     )
 )

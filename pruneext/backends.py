@@ -71,6 +71,9 @@ class Phases:
     key_histogram: Callable
     count_equal: Callable
     mask_write: Callable
+    # the fused select's threshold in one call ([T, below, equal]), where
+    # the backend has it; the driver runs the histogram passes otherwise
+    select_threshold: Optional[Callable] = None
 
 
 @dataclass(frozen=True)

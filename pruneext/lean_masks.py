@@ -116,6 +116,22 @@ class _ZeroedWeights:
             hist[0] -= int(self.pruned.sum())
         return hist
 
+    def select_threshold(self, k):
+        """The fused select over every entry for k plus the pruned count: the
+        pruned entries are the smallest keys (0), so the (pruned + k)-th key
+        of all is the k-th of the alive; its counts less the pruned entries
+        they include (below T when T > 0, else equal to it)."""
+        if self.phases.select_threshold is None:
+            return None
+        p = int(self.pruned.sum())
+        found = self.phases.select_threshold(self.scores, self.none, False, k + p).cpu()
+        if int(found[0]) > 0:
+            found[1] -= p
+        else:
+            found[2] -= p
+            found[3:] -= self.pruned
+        return found
+
     def count_equal(self, threshold):
         counts = self.phases.count_equal(self.scores, self.none, False, threshold).cpu()
         return counts - self.pruned if threshold == 0 else counts
@@ -136,6 +152,9 @@ class _BoolMasked:
 
     def key_histogram(self, shift, bits, prefix):
         return self.inputs.key_histogram(shift, bits, prefix)
+
+    def select_threshold(self, k):
+        return self.inputs.select_threshold(k)
 
     def count_equal(self, threshold):
         return self.inputs.count_equal(threshold).cpu()

@@ -154,6 +154,13 @@ class PhaseInput:
             return torch.zeros(1 << bits, dtype=torch.int64)
         return self.phases.key_histogram(self.scores, self.masks, self.among_alive, shift, bits, prefix)
 
+    def select_threshold(self, k):
+        """[T, below, equal] of the k-th smallest alive key in one call, or
+        None where the backend has no such op (select_loop.find_threshold)."""
+        if not self.scores or self.phases.select_threshold is None:
+            return None
+        return self.phases.select_threshold(self.scores, self.masks, self.among_alive, k)
+
     def count_equal(self, threshold):
         if not self.scores:
             return torch.zeros(0, dtype=torch.int64)

@@ -257,6 +257,7 @@ class MagnitudePruner:
             return
         weights = [self.params[j].detach() for j in index]
         inputs = self._masks.selection_input(weights, index, self.pruned)
-        counts = select_loop.select(inputs, lambda alive: k)
+        alive = sum(self.params[j].numel() - self.pruned[j] for j in index)
+        counts = select_loop.select(inputs, lambda alive: k, alive=alive)
         for j, c in zip(index, counts.tolist()):
             self.pruned[j] += int(c)

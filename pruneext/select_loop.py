@@ -65,10 +65,12 @@ class LocalComm:
 
 class Selection:
     """What find_threshold settled: k, the threshold key T, how many entries
-    equal to T are pruned (`ties`) and how many there are (`equal`)."""
+    equal to T are pruned (`ties`) and how many there are (`equal`); where
+    known, how many each tensor holds (`equal_per_tensor`)."""
 
-    def __init__(self, k, threshold, ties, equal):
+    def __init__(self, k, threshold, ties, equal, equal_per_tensor=None):
         self.k, self.threshold, self.ties, self.equal = k, threshold, ties, equal
+        self.equal_per_tensor = equal_per_tensor
 
     @property
     def split(self):
@@ -77,11 +79,23 @@ class Selection:
         return 0 < self.ties < self.equal
 
 
-def find_threshold(phase_input, k_of_alive, comm):
+def find_threshold(phase_input, k_of_alive, comm, alive=None):
     """Run the radix passes over `phase_input` (a pruneext.ops.PhaseInput:
     this process's part of the list) with histograms summed by `comm`.
     `k_of_alive(alive)` gives k from the alive count of the whole list (and
-    raises for a bad amount: the same on every process, since the count is)."""
+    raises for a bad amount: the same on every process, since the count is).
+    In one process, with the alive count known (`alive`), a backend that has
+    the fused select's threshold op answers in one call instead (its sampled
+    window reads the keys about once, against once per digit here)."""
+    select_threshold = getattr(phase_input, "select_threshold", None)
+    if alive is not None and comm.world_size == 1 and select_threshold is not None:
+        k = int(k_of_alive(alive))
+        if k == 0:
+            return Selection(0, 0, 0, 0)
+        found = select_threshold(k)
+        if found is not None:
+            threshold, below, equal, *per_tensor = (int(v) for v in found.tolist())
+            return Selection(k, threshold, k - below, equal, per_tensor)
     prefix, rank, below = 0, None, 0
     k = None
     bucket_count = 0
@@ -102,20 +116,24 @@ def find_threshold(phase_input, k_of_alive, comm):
     return Selection(k, prefix, k - below, bucket_count)
 
 
-def select(phase_input, k_of_alive, comm=None, ties=None):
+def select(phase_input, k_of_alive, comm=None, ties=None, alive=None):
     """Masks of `phase_input` for the global selection. `ties(selection)`
     returns this process's tie budget per tensor when the selection splits
     the entries equal to T; the default (one process) gives them in list
-    order, which is the contract's order."""
+    order, which is the contract's order. `alive`: the alive count, where
+    the caller knows it (see find_threshold)."""
     comm = comm or LocalComm()
-    sel = find_threshold(phase_input, k_of_alive, comm)
+    sel = find_threshold(phase_input, k_of_alive, comm, alive)
     n = len(phase_input.scores)
     if not sel.split:
         budgets = [ALL if sel.ties else 0] * n
     elif ties is not None:
         budgets = ties(sel)
     else:
-        budgets = share_in_order(phase_input.count_equal(sel.threshold).tolist(), sel.ties)
+        counts = sel.equal_per_tensor
+        if counts is None:
+            counts = phase_input.count_equal(sel.threshold).tolist()
+        budgets = share_in_order(counts, sel.ties)
     return phase_input.mask_write(sel.threshold, budgets)
 
 

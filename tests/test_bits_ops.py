@@ -209,3 +209,37 @@ def test_native_opcheck():
     bits = [random_bits(37, 0.8, 1), random_bits(15, 0.8, 2)]
     torch.library.opcheck(torch.ops.pruneext.l1_bits_prune.default, (w, bits, 1 << 29, [1, ALL]))
     torch.library.opcheck(torch.ops.pruneext.l1_bits_apply.default, (w, bits))
+
+
+# ------------------------------------------------ the fused select's threshold
+
+SELECT_PAIRS = [
+    (name, device)
+    for device in DEVICES
+    for name in backends.available_backends()
+    if name != "torch" and device in backends._registry[name].devices
+    and backends._registry[name].phases is not None and backends._registry[name].phases.select_threshold is not None
+]
+
+
+@pytest.mark.parametrize("name, device", SELECT_PAIRS)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("among_alive", [False, True])
+def test_select_threshold_matches_reference(name, device, dtype, among_alive):
+    """[T, below, equal, equal per tensor] against the reference, on tied
+    data with NaNs, sizes past the sampled window's minimum, and k from 1 to
+    every alive entry."""
+    g = torch.Generator().manual_seed(5)
+    scores = [with_specials(quantized(n, 40, dtype, seed=n), seed=n) for n in (3, 70_000, 200_001)]
+    scores.insert(2, torch.empty(0, dtype=dtype))
+    masks = [(torch.rand(s.shape, generator=g) < 0.7).to(dtype) for s in scores]
+    alive = sum(int((m == 1).sum()) for m in masks) if among_alive else sum(s.numel() for s in scores)
+    phases = backends._registry[name].phases
+    for k in (1, 2, alive // 3, alive // 2 + 1, alive - 1, alive):
+        want = ref.select_threshold(scores, masks, among_alive, k)
+        got = phases.select_threshold([s.to(device) for s in scores], [m.to(device) for m in masks], among_alive, k)
+        assert got.cpu().tolist() == want.tolist(), k
+    # and the reference against the fused mask: T is the k-th key, below + ties = k
+    k = alive // 2
+    t, below, equal = ref.select_threshold(scores, masks, among_alive, k).tolist()[:3]
+    assert below < k <= below + equal

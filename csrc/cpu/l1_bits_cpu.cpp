@@ -61,6 +61,41 @@ inline int entries_in_byte(int64_t byte, int64_t n) {
   return static_cast<int>(std::min<int64_t>(8, n - 8 * byte));
 }
 
+// Per mask byte, the 8 AND masks of its entries (all ones where alive, 0
+// where pruned): one table lookup and a vector AND per byte, where
+// expanding the bits one by one would not vectorize.
+template <typename raw_t>
+struct ByteMasks {
+  raw_t m[256][8];
+  ByteMasks() {
+    for (int byte = 0; byte < 256; ++byte) {
+      for (int b = 0; b < 8; ++b) {
+        m[byte][b] = ((byte >> b) & 1) ? static_cast<raw_t>(~raw_t(0)) : raw_t(0);
+      }
+    }
+  }
+};
+
+// 8 entries of one width as a GCC/Clang vector (declared per width: the
+// attribute does not apply to a template-dependent type).
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint64_t u64x8 __attribute__((vector_size(64)));
+template <typename raw_t>
+struct Lanes;
+template <>
+struct Lanes<uint16_t> {
+  using type = u16x8;
+};
+template <>
+struct Lanes<uint32_t> {
+  using type = u32x8;
+};
+template <>
+struct Lanes<uint64_t> {
+  using type = u64x8;
+};
+
 template <typename Traits>
 struct BitPrune {
   using key_t = typename Traits::key_t;
@@ -100,7 +135,10 @@ struct BitPrune {
     // per entry (random masks defeat the branch predictor); only the one
     // item of a tensor where the budget runs out ranks its ties in order.
     const bool ranked = share > 0 && share < ties;
-    const bool all = share >= ties && share > 0;
+    // a threshold above every key prunes every alive entry: key <= the top
+    const bool above = threshold > static_cast<uint64_t>(static_cast<key_t>(~key_t(0)));
+    const bool all = (share >= ties && share > 0) || above;
+    const key_t cut = above ? static_cast<key_t>(~key_t(0)) : static_cast<key_t>(threshold);
     int64_t pruned = 0;
     for (int64_t byte = it.first_byte; byte < it.end_byte; ++byte) {
       const unsigned alive = m[byte];
@@ -112,8 +150,8 @@ struct BitPrune {
       unsigned gone = 0;
       if (width == 8 && !ranked) {
         for (int b = 0; b < 8; ++b) {
-          const uint64_t key = Traits::key(e[b]);
-          gone |= unsigned(all ? key <= threshold : key < threshold) << b;
+          const key_t key = Traits::key(e[b]);
+          gone |= unsigned(all ? key <= cut : key < cut) << b;
         }
         gone &= alive;
       } else {
@@ -131,8 +169,14 @@ struct BitPrune {
         }
       }
       if (gone != 0) {
-        for (int b = 0; b < 8; ++b) {
-          e[b] &= static_cast<key_t>(key_t((gone >> b) & 1u) - key_t(1));  // +0 where gone
+        if (width == 8) {
+          for (int b = 0; b < 8; ++b) {
+            e[b] &= static_cast<key_t>(key_t((gone >> b) & 1u) - key_t(1));  // +0 where gone
+          }
+        } else {  // the last byte: not past the tensor's end
+          for (int b = 0; b < width; ++b) {
+            e[b] &= static_cast<key_t>(key_t((gone >> b) & 1u) - key_t(1));
+          }
         }
         m[byte] = static_cast<uint8_t>(alive & ~gone);
         pruned += __builtin_popcount(gone);
@@ -195,41 +239,6 @@ at::Tensor l1_bits_prune(at::TensorList weights, at::TensorList bits, int64_t th
   });
   return counts;
 }
-
-// Per mask byte, the 8 AND masks of its entries (all ones where alive, 0
-// where pruned): one table lookup and a vector AND per byte, where
-// expanding the bits one by one would not vectorize.
-template <typename raw_t>
-struct ByteMasks {
-  raw_t m[256][8];
-  ByteMasks() {
-    for (int byte = 0; byte < 256; ++byte) {
-      for (int b = 0; b < 8; ++b) {
-        m[byte][b] = ((byte >> b) & 1) ? static_cast<raw_t>(~raw_t(0)) : raw_t(0);
-      }
-    }
-  }
-};
-
-// 8 entries of one width as a GCC/Clang vector (declared per width: the
-// attribute does not apply to a template-dependent type).
-typedef uint16_t u16x8 __attribute__((vector_size(16)));
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
-typedef uint64_t u64x8 __attribute__((vector_size(64)));
-template <typename raw_t>
-struct Lanes;
-template <>
-struct Lanes<uint16_t> {
-  using type = u16x8;
-};
-template <>
-struct Lanes<uint32_t> {
-  using type = u32x8;
-};
-template <>
-struct Lanes<uint64_t> {
-  using type = u64x8;
-};
 
 template <typename raw_t>
 void apply_item(at::TensorList tensors, at::TensorList bits, const Item& it) {

@@ -92,9 +92,35 @@ struct CpuPhases {
   }
 };
 
+at::Tensor l1_select_threshold(
+    at::TensorList scores,
+    const c10::List<std::optional<at::Tensor>>& default_masks,
+    bool among_alive,
+    int64_t k) {
+  auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, "l1_select_threshold", false);
+  std::vector<int64_t> found(3 + scores.size(), 0);
+  if (!p.jobs.empty() && k > 0) {
+    with_select(p, [&](auto& select) {
+      using key_t = typename std::decay_t<decltype(select)>::key_type;
+      const auto f = select.find();
+      found[0] = static_cast<int64_t>(f.threshold);
+      found[1] = f.below;
+      found[2] = f.equal;
+      // on the candidates when the select compacted them: no full read
+      const auto ties = select.count_ties(static_cast<key_t>(f.threshold), [](int64_t) { return true; });
+      const auto& items = select.items();
+      for (size_t idx = 0; idx < items.size(); ++idx) {
+        found[3 + items[idx].job] += ties.equal[idx];
+      }
+    });
+  }
+  return int64_tensor(found);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pruneext, CPU, m) {
+  m.impl("l1_select_threshold", &l1_select_threshold);
   m.impl("l1_key_histogram", &PhaseOps<CpuPhases>::l1_key_histogram);
   m.impl("l1_count_equal", &PhaseOps<CpuPhases>::l1_count_equal);
   m.impl("l1_mask_write", &PhaseOps<CpuPhases>::l1_mask_write);

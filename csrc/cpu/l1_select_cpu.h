@@ -85,12 +85,15 @@ class CpuSelect {
     }
   }
 
-  void run() {
-    if (k_ == 0) {
-      // Nothing is selected, but an impossible k must still be refused.
-      write(key_t(0), Ties{});
-      return;
-    }
+  // The k-th smallest alive key T, with the alive entries of key < T
+  // (below) and of key == T (equal): the radix passes without the write.
+  struct Found {
+    key_t threshold;
+    int64_t below;
+    int64_t equal;
+  };
+
+  Found find() {
     int shift = Plan::kFirstShift;
     // A sample guesses which first digits can hold the k-th key, so the
     // first pass also keeps those keys and no second full read is needed
@@ -104,6 +107,7 @@ class CpuSelect {
     Bucket bucket = find_bucket(h, k_);
     int64_t rank = k_ - bucket.below;
     int64_t count_lt = bucket.below;
+    int64_t equal = h[bucket.index];
     uint64_t prefix = static_cast<uint64_t>(bucket.index);
     if (window_.collect) {
       compacted_ = window_.lo <= bucket.index && bucket.index <= window_.hi;
@@ -121,10 +125,20 @@ class CpuSelect {
       bucket = find_bucket(h, rank);
       rank -= bucket.below;
       count_lt += bucket.below;
+      equal = h[bucket.index];
       prefix = (prefix << bits) | static_cast<uint64_t>(bucket.index);
     }
-    const key_t threshold = static_cast<key_t>(prefix);
-    write(threshold, shares_of_ties(threshold, k_ - count_lt));
+    return {static_cast<key_t>(prefix), count_lt, equal};
+  }
+
+  void run() {
+    if (k_ == 0) {
+      // Nothing is selected, but an impossible k must still be refused.
+      write(key_t(0), Ties{});
+      return;
+    }
+    const Found found = find();
+    write(found.threshold, shares_of_ties(found.threshold, k_ - found.below));
   }
 
  private:
