@@ -75,11 +75,16 @@ TORCH_LIBRARY(pruneext, m) {
   // The weights share one floating dtype (float32, float64, float16,
   // bfloat16) and one device with the bits. Returns how many entries each
   // tensor had pruned by this call (int64, on the weights' device).
+  //
+  // Both are cudagraph_unsafe, as the mask ops: the CUDA backend uploads a
+  // list's descriptors to a buffer that outlives the call but not a graph's
+  // replays.
   m.def(
       "l1_bits_prune(Tensor(a!)[] weights, Tensor(b!)[] bits, SymInt threshold, "
-      "SymInt[] ties) -> Tensor");
+      "SymInt[] ties) -> Tensor",
+      {at::Tag::cudagraph_unsafe});
   // Zero, in place, every entry of tensors[j] whose bit in bits[j] is 0,
   // leaving the alive ones unwritten: the re-masking after an optimizer
   // step and of gradients. One floating dtype and one device for the list.
-  m.def("l1_bits_apply(Tensor(a!)[] tensors, Tensor[] bits) -> ()");
+  m.def("l1_bits_apply(Tensor(a!)[] tensors, Tensor[] bits) -> ()", {at::Tag::cudagraph_unsafe});
 }

@@ -390,3 +390,22 @@ def test_readme_example_runs():
     done = subprocess.run([sys.executable, "examples/lean_training.py"], cwd=root, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "sparsity 0.80, zero weights 0.800" in done.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("gpu_backend", ["cuda", "triton"])
+@pytest.mark.parametrize("mask_format", FORMATS)
+def test_pruner_on_cuda_matches_cpu(gpu_backend, mask_format):
+    if gpu_backend not in backends.available_backends():
+        pytest.skip(f"backend {gpu_backend} not available: {backends.unavailable_backends().get(gpu_backend)}")
+    schedule = schedules.cubic(0.9, initial=0.1, end=4)
+    cpu_model, gpu_model = model(distinct=False), model(distinct=False).cuda()
+    cpu_pruner = pruneext.MagnitudePruner(cpu_model, schedule, mask_format=mask_format)
+    with pruneext.use_backend(gpu_backend):
+        gpu_pruner = pruneext.MagnitudePruner(gpu_model, schedule, mask_format=mask_format)
+        for _ in range(5):
+            cpu_pruner.step()
+            gpu_pruner.step()
+            for (a, n), (b, _) in zip(pairs(cpu_model), pairs(gpu_model)):
+                assert torch.equal(cpu_pruner.mask(a, n), gpu_pruner.mask(b, n).cpu())
+                assert torch.equal(a.weight, b.weight.cpu())
