@@ -14,10 +14,10 @@ of more than 2^31 entries launches them.
 
     python scripts/triton_aot_check.py [--arch 90] [--quick] [--jobs N]
 
-It records the fused ops (select.py) and the phase ops (phases.py), one mask
-dtype per distinct launch (mask_kinds); --quick takes float32 and bfloat16
-scores only (CI's second Triton version); the compiles run on --jobs
-processes (default: every core).
+It records the fused ops (select.py), the phase ops (phases.py) and the
+bit-mask ops (bits.py), one mask dtype per distinct launch (mask_kinds);
+--quick takes float32 and bfloat16 scores only (CI's second Triton
+version); the compiles run on --jobs processes (default: every core).
 
 Exits 1 if a specialisation fails to compile, or if a kernel that runs a
 program per block of entries spills (select_bucket_kernel runs one program
@@ -39,7 +39,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from pruneext.triton import phases, select  # noqa: E402
+from pruneext.triton import bits, phases, select  # noqa: E402
 from pruneext.triton.keys import KEY_PLANS, MASK_BITS  # noqa: E402
 
 # Triton 3.6 (the GPU machine's) gives the histogram kernel's aggregation
@@ -67,6 +67,7 @@ def record_launches(score_dtypes):
         return record
 
     record_phases(recorder(phases.NUM_WARPS), score_dtypes)
+    record_bits(recorder(bits.NUM_WARPS), score_dtypes)
     select._launch, real = recorder(select.NUM_WARPS), select._launch
     window_min = select.WINDOW_MIN
     try:
@@ -114,6 +115,24 @@ def record_phases(record, score_dtypes):
                     phases.mask_write(scores, masks, among_alive, 5, [ties])
     finally:
         phases._launch = real
+
+
+def record_bits(record, score_dtypes):
+    """The bit-mask ops' launches (pruneext/triton/bits.py, lean training)
+    over each score dtype, for a list (a table) and one tensor (direct),
+    with budgets of none or all of a tensor's ties and with a cut inside
+    them (the tie counts and the ranked prune)."""
+    bits._launch, real = record, bits._launch
+    try:
+        for dtype in score_dtypes:
+            weights = [torch.randn(300).to(dtype), torch.randn(7, 5).to(dtype)]
+            masks = [torch.full(((w.numel() + 7) // 8,), 255, dtype=torch.uint8) for w in weights]
+            for length in (2, 1):
+                for ties in ((0, 2**63 - 1), (7, 7)):  # all or none of a tensor's ties; a cut inside them
+                    bits.bits_prune(weights[:length], masks[:length], 5, list(ties[:length]))
+                bits.bits_apply(weights[:length], masks[:length])
+    finally:
+        bits._launch = real
 
 
 def arg_type(a):

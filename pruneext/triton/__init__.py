@@ -3,7 +3,8 @@
 Serves CUDA tensors; under the Triton interpreter (TRITON_INTERPRET=1, read
 when this package is imported) it serves CPU tensors too, which is how CI
 tests it without a GPU. Importing it registers the torch ops
-pruneext::l1_mask_triton and pruneext::l1_mask_global_triton. Without an
+pruneext::l1_mask_triton and pruneext::l1_mask_global_triton (and those of
+the phases and of the bit-mask ops, phases.py and bits.py). Without an
 importable Triton the package raises ImportError, which pruneext swallows,
 and the backend is listed as unavailable with the reason.
 """
@@ -18,7 +19,7 @@ except Exception as e:  # ImportError, or a Triton that does not match this torc
     backends.mark_unavailable("triton", f"triton is not importable ({type(e).__name__}: {e})")
     raise ImportError(f"pruneext.triton: triton is not importable: {e}") from e
 
-from . import ops, phases  # noqa: E402  (registers the torch ops)
+from . import bits, ops, phases  # noqa: E402  (registers the torch ops)
 from .keys import KEY_PLANS, MASK_BITS  # noqa: E402
 from .select import INTERPRET  # noqa: E402
 
@@ -34,6 +35,7 @@ if torch.cuda.is_available() or INTERPRET:
             score_dtypes=frozenset(KEY_PLANS),
             mask_dtypes=frozenset(MASK_BITS),
             phases=backends.Phases(phases.key_histogram_op, phases.count_equal_op, phases.mask_write_op),
+            bits=backends.BitOps(bits.bits_prune, bits.bits_apply),
         )
     )
 else:
