@@ -54,8 +54,11 @@ inline void check_bit_masks(
   }
 }
 
-// The tie budgets of l1_bits_prune: one per tensor, none negative.
-inline void check_tie_budgets(at::TensorList weights, c10::IntArrayRef ties, const char* op) {
+// The threshold and tie budgets of l1_bits_prune: a non-negative key, one
+// budget per tensor, none negative.
+inline void check_prune_budgets(
+    at::TensorList weights, int64_t threshold, c10::IntArrayRef ties, const char* op) {
+  TORCH_CHECK(threshold >= 0, op, ": threshold must be a non-negative key, got ", threshold);
   TORCH_CHECK(
       ties.size() == weights.size(), op, ": expected ", weights.size(), " tie budgets, got ", ties.size());
   for (size_t j = 0; j < ties.size(); ++j) {

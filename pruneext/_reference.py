@@ -206,12 +206,16 @@ def pack_bits(alive):
     return (flat.to(torch.int32) * weights).sum(1).to(torch.uint8)
 
 
-def _check_bit_masks(tensors, bits, op, what):
+def check_bit_masks(tensors, bits, op, what, dtypes=None):
+    """The bit-mask ops' argument checks (csrc/l1_bits_common.h's, with the
+    same errors), for the Python backends; `dtypes`: the floating dtypes
+    served (None: any)."""
     if len(tensors) != len(bits):
         raise RuntimeError(f"{op}: expected one bit mask per tensor, got {len(bits)} masks for {len(tensors)} {what}")
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) > 1 or any(not d.is_floating_point for d in dtypes):
-        raise TypeError(f"{op}: {what} must share one floating dtype, got {sorted(map(str, dtypes))}")
+    found = {t.dtype for t in tensors}
+    if len(found) > 1 or any(not d.is_floating_point or (dtypes is not None and d not in dtypes) for d in found):
+        served = "" if dtypes is None else f" ({', '.join(sorted(str(d).replace('torch.', '') for d in dtypes))})"
+        raise TypeError(f"{op}: {what} must share one floating dtype{served}, got {sorted(map(str, found))}")
     for j, (t, b) in enumerate(zip(tensors, bits)):
         if b.dtype != torch.uint8:
             raise TypeError(f"{op}: bit masks must be uint8, got {b.dtype}")
@@ -223,17 +227,22 @@ def _check_bit_masks(tensors, bits, op, what):
             raise RuntimeError(f"{op}: bit mask {j} has {b.numel()} bytes, expected ceil({t.numel()} / 8)")
 
 
-def bits_prune(weights, bits, threshold, ties):
-    _check_bit_masks(weights, bits, "l1_bits_prune", "weights")
+def check_tie_budgets(weights, ties, op):
     if len(ties) != len(weights):
-        raise RuntimeError(f"l1_bits_prune: expected {len(weights)} tie budgets, got {len(ties)}")
+        raise RuntimeError(f"{op}: expected {len(weights)} tie budgets, got {len(ties)}")
+    for budget in ties:
+        if budget < 0:
+            raise RuntimeError(f"{op}: tie budget {budget} is negative")
+
+
+def bits_prune(weights, bits, threshold, ties):
+    check_bit_masks(weights, bits, "l1_bits_prune", "weights")
+    check_tie_budgets(weights, ties, "l1_bits_prune")
     device = weights[0].device if weights else torch.device("cpu")
     if weights and weights[0].is_meta:
         return torch.empty(len(weights), dtype=torch.int64, device=device)
     counts = []
     for w, b, budget in zip(weights, bits, ties):
-        if budget < 0:
-            raise RuntimeError(f"l1_bits_prune: tie budget {budget} is negative")
         every = unpack_bits(b, b.numel() * 8)  # the pad bits stay as they are
         alive = every[: w.numel()]
         key = magnitude_key(w)
@@ -247,7 +256,7 @@ def bits_prune(weights, bits, threshold, ties):
 
 
 def bits_apply(tensors, bits):
-    _check_bit_masks(tensors, bits, "l1_bits_apply", "tensors")
+    check_bit_masks(tensors, bits, "l1_bits_apply", "tensors")
     if tensors and tensors[0].is_meta:
         return
     for t, b in zip(tensors, bits):

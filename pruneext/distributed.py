@@ -130,7 +130,7 @@ class _Shard:
 
     def __init__(self, t):
         for p in t.placements:
-            if not isinstance(p, (Shard, Replicate)) or type(p) not in (Shard, Replicate):
+            if type(p) not in (Shard, Replicate):  # (subclasses such as _StridedShard are not)
                 raise NotImplementedError(f"pruneext: DTensor placement {p} is not supported (Shard or Replicate)")
         mesh = t.device_mesh
         coords = mesh.get_coordinate()

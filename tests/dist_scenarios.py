@@ -249,7 +249,12 @@ def fsdp2_prune_and_train(rank, world_size):
     for a, b in ((sharded[0], plain[0]), (sharded[2], plain[2])):
         for name in ("weight", "bias"):
             orig, mask = _full(getattr(a, name + "_orig")), _full(getattr(a, name + "_mask"))
-            torch.testing.assert_close(orig * mask, getattr(b, name + "_orig") * getattr(b, name + "_mask"))
+            # (FSDP2 averages gradients as sum(g / world): with 3 ranks that
+            # is not exact in float32, and the weights grow to about 5e4 here,
+            # so the default rtol of 1.3e-6 is at the rounding's own edge)
+            torch.testing.assert_close(
+                orig * mask, getattr(b, name + "_orig") * getattr(b, name + "_mask"), rtol=1e-5, atol=1e-5
+            )
             assert torch.all((orig * mask)[mask == 0] == 0)
     keys = sorted(sharded.state_dict())
     assert "0.weight_orig" in keys and "0.weight_mask" in keys and "0.weight" not in keys, keys
@@ -257,12 +262,12 @@ def fsdp2_prune_and_train(rank, world_size):
     for model in (sharded, plain):
         prune.remove(model[0], "weight")
     assert isinstance(sharded[0].weight, DTensor) and "weight_orig" not in dict(sharded[0].named_parameters())
-    torch.testing.assert_close(_full(sharded[0].weight), plain[0].weight)
+    torch.testing.assert_close(_full(sharded[0].weight), plain[0].weight, rtol=1e-5, atol=1e-5)
     for model, opt in zip((sharded, plain), opts):
         opt.zero_grad()
         model(x).square().sum().backward()
         opt.step()
-    torch.testing.assert_close(_full(sharded[0].weight), plain[0].weight)
+    torch.testing.assert_close(_full(sharded[0].weight), plain[0].weight, rtol=1e-5, atol=1e-5)
     return keys
 
 

@@ -13,13 +13,21 @@
 //          item its share of the budget in flat order.
 //   apply  one pass; a byte of all ones (8 entries alive) is skipped
 //          without reading its weights, so a sparse few pruned entries
-//          cost about the read of the bits.
+//          cost about the read of the bits. With AVX-512 the bytes are
+//          store masks: zeros go to the dead entries alone.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define PRUNEEXT_AVX512_APPLY 1
+#endif
 
 #include "../l1_bits_common.h"
 
@@ -224,8 +232,7 @@ struct BitPrune {
 at::Tensor l1_bits_prune(at::TensorList weights, at::TensorList bits, int64_t threshold, c10::IntArrayRef ties) {
   constexpr const char* op = "l1_bits_prune";
   check_bit_masks(weights, bits, op, "weights");
-  check_tie_budgets(weights, ties, op);
-  TORCH_CHECK(threshold >= 0, op, ": threshold must be a non-negative key, got ", threshold);
+  check_prune_budgets(weights, threshold, ties, op);
   if (weights.empty()) {
     return at::zeros({0}, at::TensorOptions().dtype(at::kLong));
   }
@@ -240,6 +247,59 @@ at::Tensor l1_bits_prune(at::TensorList weights, at::TensorList bits, int64_t th
   return counts;
 }
 
+#ifdef PRUNEEXT_AVX512_APPLY
+// The mask bytes are the store masks of AVX-512's masked stores: zeros go
+// to the dead entries only, so the values are neither read nor, where
+// alive, written (the whole-vector AND below reads and writes every entry).
+// A run of bytes [first, end) of 8 entries each; 16, 32 or 8 entries a store
+// for 4-, 2- and 8-byte entries.
+__attribute__((target("avx512f,avx512bw"))) void apply_bytes_avx512(
+    void* data, int entry_bytes, const uint8_t* m, int64_t first, int64_t end) {
+  const __m512i zero = _mm512_setzero_si512();
+  int64_t b = first;
+  if (entry_bytes == 4) {
+    auto* t = static_cast<int32_t*>(data);
+    for (; b + 2 <= end; b += 2) {
+      uint16_t alive;
+      std::memcpy(&alive, m + b, 2);
+      if (alive != 0xFFFFu) {
+        _mm512_mask_storeu_epi32(t + 8 * b, static_cast<__mmask16>(~alive), zero);
+      }
+    }
+    if (b < end) {  // one byte left: the upper 8 lanes store nothing
+      _mm512_mask_storeu_epi32(t + 8 * b, static_cast<__mmask16>(uint8_t(~m[b])), zero);
+    }
+  } else if (entry_bytes == 2) {
+    auto* t = static_cast<int16_t*>(data);
+    for (; b + 4 <= end; b += 4) {
+      uint32_t alive;
+      std::memcpy(&alive, m + b, 4);
+      if (alive != 0xFFFFFFFFu) {
+        _mm512_mask_storeu_epi16(t + 8 * b, static_cast<__mmask32>(~alive), zero);
+      }
+    }
+    for (; b < end; ++b) {
+      _mm512_mask_storeu_epi16(t + 8 * b, static_cast<__mmask32>(uint8_t(~m[b])), zero);
+    }
+  } else {
+    auto* t = static_cast<int64_t*>(data);
+    for (; b < end; ++b) {
+      if (m[b] != 0xFFu) {
+        _mm512_mask_storeu_epi64(t + 8 * b, static_cast<__mmask8>(~m[b]), zero);
+      }
+    }
+  }
+}
+
+// Where the CPU has AVX-512 (F and BW), unless PRUNEEXT_NO_AVX512=1 (how
+// the tests reach the portable path on such a CPU).
+bool use_avx512_apply() {
+  static const bool use = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      !(std::getenv("PRUNEEXT_NO_AVX512") && std::string(std::getenv("PRUNEEXT_NO_AVX512")) == "1");
+  return use;
+}
+#endif
+
 template <typename raw_t>
 void apply_item(at::TensorList tensors, at::TensorList bits, const Item& it) {
   static const ByteMasks<raw_t> table;
@@ -247,7 +307,14 @@ void apply_item(at::TensorList tensors, at::TensorList bits, const Item& it) {
   const uint8_t* m = bits[it.job].data_ptr<uint8_t>();
   const int64_t n = tensors[it.job].numel();
   const int64_t full_end = std::min(it.end_byte, n / 8);  // bytes of 8 entries
-  for (int64_t byte = it.first_byte; byte < full_end; ++byte) {
+  int64_t first = it.first_byte;
+#ifdef PRUNEEXT_AVX512_APPLY
+  if (use_avx512_apply() && first < full_end) {
+    apply_bytes_avx512(t, sizeof(raw_t), m, first, full_end);
+    first = full_end;
+  }
+#endif
+  for (int64_t byte = first; byte < full_end; ++byte) {
     const unsigned alive = m[byte];
     if (alive == 0xFFu) {
       continue;  // nothing pruned: not even read

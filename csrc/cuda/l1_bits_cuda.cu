@@ -672,8 +672,7 @@ at::Tensor l1_bits_prune(
     at::TensorList weights, at::TensorList bits, int64_t threshold, c10::IntArrayRef ties) {
   constexpr const char* op = "l1_bits_prune";
   check_bit_masks(weights, bits, op, "weights");
-  check_tie_budgets(weights, ties, op);
-  TORCH_CHECK(threshold >= 0, op, ": threshold must be a non-negative key, got ", threshold);
+  check_prune_budgets(weights, threshold, ties, op);
   if (weights.empty()) {
     return at::zeros({0}, at::TensorOptions().dtype(at::kLong));
   }

@@ -40,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._reference import check_bit_masks, check_tie_budgets
 from . import table
 from .kernels import _row_of
 from .keys import KEY_PLANS, magnitude_key
@@ -171,33 +172,8 @@ def _launch(kernel, grid, *args, **meta):
 
 
 def _check(tensors, bits, op, what):
-    """The reference's checks (pruneext/_reference.py), with its messages;
-    the dtypes are the four the magnitude key serves."""
-    if len(tensors) != len(bits):
-        raise RuntimeError(f"{op}: expected one bit mask per tensor, got {len(bits)} masks for {len(tensors)} {what}")
-    dtypes = {t.dtype for t in tensors}
-    if len(dtypes) > 1 or any(d not in KEY_PLANS for d in dtypes):
-        raise TypeError(
-            f"{op}: {what} must share one floating dtype (float32, float64, float16 or bfloat16), "
-            f"got {sorted(map(str, dtypes))}"
-        )
-    for j, (t, b) in enumerate(zip(tensors, bits)):
-        if b.dtype != torch.uint8:
-            raise TypeError(f"{op}: bit masks must be uint8, got {b.dtype}")
-        if t.device != tensors[0].device or b.device != t.device:
-            raise RuntimeError(f"{op}: all tensors must be on one device")
-        if not t.is_contiguous() or not b.is_contiguous():
-            raise RuntimeError(f"{op}: {what}[{j}] and its bit mask must be contiguous (written in place)")
-        if b.numel() != (t.numel() + 7) // 8:
-            raise RuntimeError(f"{op}: bit mask {j} has {b.numel()} bytes, expected ceil({t.numel()} / 8)")
-
-
-def _check_ties(weights, ties, op):
-    if len(ties) != len(weights):
-        raise RuntimeError(f"{op}: expected {len(weights)} tie budgets, got {len(ties)}")
-    for budget in ties:
-        if budget < 0:
-            raise RuntimeError(f"{op}: tie budget {budget} is negative")
+    """The reference's checks and messages, for the dtypes the key serves."""
+    check_bit_masks(tensors, bits, op, what, dtypes=KEY_PLANS)
 
 
 class _Tensor:
@@ -267,7 +243,7 @@ def _prune_group(group, threshold, ties, counts):
 def _prune(weights, bits, threshold, ties):
     op = "l1_bits_prune"
     _check(weights, bits, op, "weights")
-    _check_ties(weights, ties, op)
+    check_tie_budgets(weights, ties, op)
     if not weights:
         return torch.zeros(0, dtype=torch.int64)
     device = weights[0].device
@@ -309,7 +285,7 @@ def bits_prune(weights: List[torch.Tensor], bits: List[torch.Tensor], threshold:
 @bits_prune.register_fake
 def _(weights, bits, threshold, ties):
     _check(weights, bits, "l1_bits_prune", "weights")
-    _check_ties(weights, ties, "l1_bits_prune")
+    check_tie_budgets(weights, ties, "l1_bits_prune")
     if not weights:
         return torch.empty(0, dtype=torch.int64)
     return weights[0].new_empty(len(weights), dtype=torch.int64)
