@@ -12,6 +12,8 @@ is pruned is a zero of key 0, and the alive histogram is the histogram of
 every entry less the pruned count in the bin of key 0. Nothing reads the bits
 until the write, which prunes only alive entries.
 """
+import math
+
 import torch
 
 from . import backends, ops
@@ -44,7 +46,7 @@ class BitMasks:
         return _ZeroedWeights(weights, [self.masks[j] for j in index], [pruned[j] for j in index])
 
     def as_bool(self, j, shape):
-        return unpack_bits(self.masks[j], _numel(shape)).reshape(shape)
+        return unpack_bits(self.masks[j], math.prod(shape)).reshape(shape)
 
     def pruned_count(self, j, numel):
         return numel - int(unpack_bits(self.masks[j], numel).sum())
@@ -88,13 +90,6 @@ class BoolMasks:
 
 def new_masks(mask_format, weights):
     return {"bits": BitMasks, "bool": BoolMasks}[mask_format](weights)
-
-
-def _numel(shape):
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 class _ZeroedWeights:

@@ -140,9 +140,10 @@ class MagnitudePruner:
         self._check_live()
         target = self._sparsity_at(self.step_count + 1)
         self.step_count += 1
-        self.apply()
         if target > self.sparsity:
-            self._prune_to(target)
+            self._prune_to(target)  # (re-zeroes first)
+        else:
+            self.apply()
 
     @torch.no_grad()
     def apply(self):
