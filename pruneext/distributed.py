@@ -224,7 +224,7 @@ class DTensorList:
         counts = []
         if starts:
             rows = shard.local.reshape(len(starts), length).unbind(0)
-            mask = self.mask_shards[i]
+            mask = self.alive_mask(i, sel.threshold)
             mrows = [None] * len(rows) if mask is None else mask.reshape(len(starts), length).unbind(0)
             counts = ops.PhaseInput(list(rows), list(mrows), among_alive, self.dtype).count_equal(sel.threshold).tolist()
         mine = list(zip(starts, counts if shard.owned else [0] * len(starts)))
@@ -234,6 +234,11 @@ class DTensorList:
             taken[start] = min(count, ties)
             ties -= taken[start]
         return sum(taken.get(start, 0) for start in starts)
+
+    def alive_mask(self, i, threshold):
+        """The mask that says which entries of local shard i are alive (for
+        counting the ties of threshold key T in its runs), or None."""
+        return self.mask_shards[i]
 
     def to_dtensors(self, local_masks):
         return [
@@ -246,21 +251,30 @@ def l1_masks_dtensor(scores, k_of_alive, default_masks=None, among_alive=False):
     """Masks (DTensors, the scores' mesh and placements) of the global L1
     selection over DTensor `scores`, identical to pruning the unsharded
     tensors in one process."""
-    global last_call_bytes
     masks = list(default_masks or [None] * len(scores))
     comm = comm_for_dtensors(scores)
     with agreement(comm):
         parts = DTensorList(scores, masks, comm)
         counted, parts.every = parts.phase_inputs(among_alive)
-    device = _flag_device(comm.group)
-    sel = select_loop.find_threshold(_OnDevice(counted, device), k_of_alive, comm)
+    return parts.to_dtensors(select_shards(parts, counted, k_of_alive, among_alive))
+
+
+def select_shards(parts, counted, k_of_alive, among_alive):
+    """The selection over a DTensorList `parts` whose phase inputs are
+    `counted` (the owned shards, which the histograms count) and
+    `parts.every` (every local shard, which is written): the threshold from
+    the summed histograms, each shard's tie budget in global order, then
+    this process's write (what parts.every.mask_write returns)."""
+    global last_call_bytes
+    comm = parts.comm
+    sel = select_loop.find_threshold(_OnDevice(counted, _flag_device(comm.group)), k_of_alive, comm)
     if sel.split:
         budgets = parts.budgets(sel, among_alive)
     else:
-        budgets = [select_loop.ALL if sel.ties else 0] * len(scores)
-    local = parts.every.mask_write(sel.threshold, budgets)
+        budgets = [select_loop.ALL if sel.ties else 0] * len(parts.shards)
+    out = parts.every.mask_write(sel.threshold, budgets)
     last_call_bytes = comm.bytes_sent
-    return parts.to_dtensors(local)
+    return out
 
 
 def comm_for_dtensors(tensors):

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from . import backends, ops
+from . import backends, distributed, ops
 from ._reference import unpack_bits
 
 FORMATS = ("bits", "bool")
@@ -42,8 +42,13 @@ class BitMasks:
         if tensors:
             _bit_ops(tensors).bits.apply(tensors, [self.masks[j] for j in index])
 
-    def selection_input(self, weights, index, pruned):
-        return _ZeroedWeights(weights, [self.masks[j] for j in index], [pruned[j] for j in index])
+    def selection_input(self, weights, index, pruned, dtype):
+        return _ZeroedWeights(weights, [self.masks[j] for j in index], [pruned[j] for j in index], dtype)
+
+    def alive_mask(self, j, numel, threshold):
+        """Which entries are alive, where counting entries of key T needs
+        it: only T = 0 (a pruned entry is a +0, below any T > 0)."""
+        return unpack_bits(self.masks[j], numel) if threshold == 0 else None
 
     def as_bool(self, j, shape):
         return unpack_bits(self.masks[j], math.prod(shape)).reshape(shape)
@@ -71,8 +76,11 @@ class BoolMasks:
         for t, j in zip(tensors, index):
             t.masked_fill_(self.masks[j].logical_not(), 0)
 
-    def selection_input(self, weights, index, pruned):
-        return _BoolMasked(weights, [self.masks[j] for j in index])
+    def selection_input(self, weights, index, pruned, dtype):
+        return _BoolMasked(weights, [self.masks[j] for j in index], dtype)
+
+    def alive_mask(self, j, numel, threshold):
+        return self.masks[j]
 
     def as_bool(self, j, shape):
         return self.masks[j].clone()
@@ -97,15 +105,20 @@ class _ZeroedWeights:
     +0) with bit masks, as select_loop's phase input: its mask write prunes
     in place and returns how many entries each weight lost."""
 
-    def __init__(self, weights, masks, pruned):
-        backend = _bit_ops(weights)
+    # (dtype: the weights'; a process's part of a sharded list may be empty,
+    # and then counts nothing and writes nothing)
+    def __init__(self, weights, masks, pruned, dtype):
         self.scores, self.masks = weights, masks  # (select_loop reads .scores)
         self.pruned = torch.tensor(pruned, dtype=torch.int64)
-        self.key_bits = ops.KEY_BITS[weights[0].dtype]
-        self.phases, self.bits = backend.phases, backend.bits
+        self.key_bits = ops.KEY_BITS[dtype]
+        if weights:
+            backend = _bit_ops(weights)
+            self.phases, self.bits = backend.phases, backend.bits
         self.none = [None] * len(weights)
 
     def key_histogram(self, shift, bits, prefix):
+        if not self.scores:
+            return torch.zeros(1 << bits, dtype=torch.int64)
         hist = self.phases.key_histogram(self.scores, self.none, False, shift, bits, prefix)
         if prefix == 0:  # the bucket that holds key 0: the pruned entries
             hist[0] -= int(self.pruned.sum())
@@ -116,7 +129,7 @@ class _ZeroedWeights:
         pruned entries are the smallest keys (0), so the (pruned + k)-th key
         of all is the k-th of the alive; its counts less the pruned entries
         they include (below T when T > 0, else equal to it)."""
-        if self.phases.select_threshold is None:
+        if not self.scores or self.phases.select_threshold is None:
             return None
         p = int(self.pruned.sum())
         found = self.phases.select_threshold(self.scores, self.none, False, k + p).cpu()
@@ -128,10 +141,14 @@ class _ZeroedWeights:
         return found
 
     def count_equal(self, threshold):
+        if not self.scores:
+            return torch.zeros(0, dtype=torch.int64)
         counts = self.phases.count_equal(self.scores, self.none, False, threshold).cpu()
         return counts - self.pruned if threshold == 0 else counts
 
     def mask_write(self, threshold, ties):
+        if not self.scores:
+            return torch.zeros(0, dtype=torch.int64)
         return self.bits.prune(self.scores, self.masks, threshold, list(ties)).cpu()
 
 
@@ -140,8 +157,8 @@ class _BoolMasked:
     among the alive entries; the write zeroes the newly pruned weights and
     updates the masks in place."""
 
-    def __init__(self, weights, masks):
-        self.inputs = ops.PhaseInput(weights, masks, among_alive=True)
+    def __init__(self, weights, masks, dtype):
+        self.inputs = ops.PhaseInput(weights, masks, among_alive=True, dtype=dtype)
         self.scores, self.masks = weights, masks
         self.key_bits = self.inputs.key_bits
 
@@ -161,3 +178,26 @@ class _BoolMasked:
             m.copy_(new)
             w.masked_fill_(new.logical_not(), 0)
         return torch.tensor(counts, dtype=torch.int64)
+
+
+class ShardedWeights(distributed.DTensorList):
+    """DTensor weights (FSDP2, tensor parallel) pruned in place, as
+    pruneext.distributed.select_shards sees them: each process prunes its
+    local shards with their own masks (`masks`, this pruner's format;
+    `index`: the weights' positions there; `pruned`: zero entries of each
+    local shard's mask), the histograms count the owned shards only."""
+
+    def __init__(self, weights, masks, index, pruned, comm):
+        super().__init__(weights, [None] * len(weights), comm)
+        self.format, self.index, self.pruned = masks, index, pruned
+
+    def phase_inputs(self, among_alive):
+        every = self._input(range(len(self.shards)))
+        return self._input([i for i, sh in enumerate(self.shards) if sh.owned]), every
+
+    def _input(self, part):
+        weights = [self.shards[i].local for i in part]
+        return self.format.selection_input(weights, [self.index[i] for i in part], self.pruned, self.dtype)
+
+    def alive_mask(self, i, threshold):
+        return self.format.alive_mask(self.index[i], self.shards[i].local.numel(), threshold)

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import nn
 
-from . import lean_masks, select_loop
+from . import distributed, lean_masks, select_loop
 from .distributed import is_dtensor
 from .ops import KEY_BITS
 from .schedules import Constant, _fraction
@@ -67,6 +67,8 @@ def _targets(parameters):
 
 
 def _parameter(module, name, label):
+    """The parameter module.name, checked; a DTensor's local shard is what
+    is pruned in place."""
     p = getattr(module, name, None)
     if not isinstance(p, nn.Parameter):
         hint = " (pruned by torch.nn.utils.prune? call prune.remove first)" if hasattr(module, name + "_orig") else ""
@@ -75,11 +77,16 @@ def _parameter(module, name, label):
         raise TypeError(f"MagnitudePruner: {label} is {p.dtype}; only floating parameters are pruned")
     if p.dtype not in KEY_BITS:
         raise TypeError(f"MagnitudePruner: {label} is {p.dtype}; supported: {', '.join(map(str, KEY_BITS))}")
-    if is_dtensor(p):
-        raise NotImplementedError(f"MagnitudePruner: {label} is a DTensor; sharded parameters are not supported yet")
-    if not p.is_contiguous():
-        raise ValueError(f"MagnitudePruner: {label} is not contiguous (it is pruned in place in row-major order)")
+    if not _local(p).is_contiguous():
+        what = "its local shard is" if is_dtensor(p) else "it is"
+        raise ValueError(f"MagnitudePruner: {label} is not contiguous ({what} pruned in place in row-major order)")
     return p
+
+
+def _local(t):
+    """What is pruned in place: a DTensor's local shard (its storage: FSDP2
+    all-gathers from it), else the tensor itself."""
+    return t.to_local() if is_dtensor(t) else t
 
 
 class MagnitudePruner:
@@ -93,6 +100,12 @@ class MagnitudePruner:
     scope: "global" (one threshold over all the weights; they must share a
         dtype and device) or "layer" (each weight to its own sparsity).
     mask_format: "bits" (1 bit per entry) or "bool" (1 byte per entry).
+
+    Sharded parameters (DTensors: FSDP2's fully_shard, tensor parallel) are
+    pruned as the unsharded model would be, in every process that holds a
+    shard: each process keeps the masks of its own shards, and the
+    selection exchanges only histograms and counts (pruneext.distributed).
+    Build the pruner after sharding, and call it on every process.
     """
 
     def __init__(
@@ -102,30 +115,25 @@ class MagnitudePruner:
         scope: str = "global",
         mask_format: str = "bits",
     ):
-        if scope not in SCOPES:
-            raise ValueError(f"MagnitudePruner: unknown scope {scope!r}; choose one of {SCOPES}")
-        if mask_format not in lean_masks.FORMATS:
-            raise ValueError(f"MagnitudePruner: unknown mask_format {mask_format!r}; choose one of {lean_masks.FORMATS}")
-        self.schedule = sparsity if callable(sparsity) else Constant(sparsity)
         targets = _targets(parameters)
-        params = [_parameter(m, n, label) for m, n, label in targets]
-        seen = {}
-        for p, (_, _, label) in zip(params, targets):
-            if id(p) in seen:
-                raise ValueError(f"MagnitudePruner: {label} is listed twice (as {seen[id(p)]})")
-            seen[id(p)] = label
-        if scope == "global" and len({(p.dtype, p.device) for p in params}) > 1:
-            raise ValueError(
-                "MagnitudePruner: scope='global' ranks all weights in one dtype on one device; "
-                "these have several (use scope='layer', or one pruner per dtype)"
-            )
-        first = self._sparsity_at(0)
+        # sharded: every process checks, then all agree, before any collective
+        with distributed.agreement(distributed.comm_for_dtensors([getattr(m, n, None) for m, n, _ in targets])):
+            if scope not in SCOPES:
+                raise ValueError(f"MagnitudePruner: unknown scope {scope!r}; choose one of {SCOPES}")
+            if mask_format not in lean_masks.FORMATS:
+                raise ValueError(
+                    f"MagnitudePruner: unknown mask_format {mask_format!r}; choose one of {lean_masks.FORMATS}"
+                )
+            self.schedule = sparsity if callable(sparsity) else Constant(sparsity)
+            params = self._checked(targets, scope)
+            first = self._sparsity_at(0)
+        self.sharded = is_dtensor(params[0])
         self.scope, self.mask_format = scope, mask_format
         self.targets = [(m, n) for m, n, _ in targets]
         self.labels = [label for _, _, label in targets]
         self.params = params
-        self._masks = lean_masks.new_masks(mask_format, params)
-        self.pruned = [0] * len(params)  # zero entries of each weight's mask
+        self._masks = lean_masks.new_masks(mask_format, [_local(p) for p in params])
+        self.pruned = [0] * len(params)  # zero entries of each weight's mask (its local shard's)
         self.step_count = 0
         self.sparsity = 0.0  # the sparsity the masks were last pruned to
         self._index = {(id(m), n): j for j, (m, n) in enumerate(self.targets)}
@@ -148,8 +156,9 @@ class MagnitudePruner:
     @torch.no_grad()
     def apply(self):
         """Zero every pruned weight in place (one pass per dtype and device)."""
+        self._check_live()
         for index in self._groups():
-            self._masks.apply([self.params[j].detach() for j in index], index)
+            self._masks.apply([_local(self.params[j]).detach() for j in index], index)
 
     def mask(self, module, name="weight"):
         """The current mask of module.name: a bool tensor of its shape
@@ -157,13 +166,20 @@ class MagnitudePruner:
         j = self._index.get((id(module), name))
         if j is None:
             raise KeyError(f"MagnitudePruner: {type(module).__name__}.{name} is not pruned by this pruner")
-        return self._masks.as_bool(j, self.params[j].shape)
+        p = self.params[j]
+        local = self._masks.as_bool(j, _local(p).shape)
+        if is_dtensor(p):  # this process's shard of the mask, as the parameter's
+            return distributed.DTensor.from_local(
+                local, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
+            )
+        return local
 
     # --------------------------------------------------------------- state
 
     def state_dict(self):
         """The step, the sparsity reached and the masks (in the order the
-        parameters were given); no parameter values."""
+        parameters were given); no parameter values. Sharded parameters: the
+        masks of this process's shards (load them on the same sharding)."""
         return {
             "step": self.step_count,
             "sparsity": self.sparsity,
@@ -178,6 +194,15 @@ class MagnitudePruner:
         """Restore masks, step and sparsity, and zero the weights the masks
         prune. Checked in full before anything changes."""
         self._check_live()
+        with distributed.agreement(self._comm()):  # no process loads alone
+            self._check_state(state)
+        for own, m in zip(self._masks.masks, state["masks"]):
+            own.copy_(m.to(own.device))
+        self.pruned = [self._masks.pruned_count(j, _local(p).numel()) for j, p in enumerate(self.params)]
+        self.step_count, self.sparsity = int(state["step"]), _fraction(state["sparsity"], "sparsity")
+        self.apply()
+
+    def _check_state(self, state):
         for key in ("step", "sparsity", "mask_format", "masks"):
             if key not in state:
                 raise KeyError(f"MagnitudePruner.load_state_dict: missing {key!r}")
@@ -191,16 +216,11 @@ class MagnitudePruner:
         for j, (m, p) in enumerate(zip(masks, self.params)):
             if not isinstance(m, torch.Tensor):
                 raise TypeError(f"MagnitudePruner.load_state_dict: mask {j} is not a tensor")
-            self._masks.check_state(j, m, p)
-        sparsity = _fraction(state["sparsity"], "sparsity")
+            self._masks.check_state(j, m, _local(p))
+        _fraction(state["sparsity"], "sparsity")
         step = state["step"]
         if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
             raise ValueError(f"MagnitudePruner.load_state_dict: bad step {step!r}")
-        for own, m, p in zip(self._masks.masks, masks, self.params):
-            own.copy_(m.to(own.device))
-        self.pruned = [self._masks.pruned_count(j, p.numel()) for j, p in enumerate(self.params)]
-        self.step_count, self.sparsity = int(step), sparsity
-        self.apply()
 
     def remove(self):
         """Stop pruning: remove the gradient hooks and drop the masks. The
@@ -211,9 +231,36 @@ class MagnitudePruner:
 
     # ------------------------------------------------------------ internal
 
+    @staticmethod
+    def _checked(targets, scope):
+        params = [_parameter(m, n, label) for m, n, label in targets]
+        seen = {}
+        for p, (_, _, label) in zip(params, targets):
+            if id(p) in seen:
+                raise ValueError(f"MagnitudePruner: {label} is listed twice (as {seen[id(p)]})")
+            seen[id(p)] = label
+        if len({is_dtensor(p) for p in params}) > 1:
+            raise ValueError("MagnitudePruner: the parameters mix DTensors and plain tensors; shard all of them or none")
+        if scope == "global" and len({(p.dtype, p.device) for p in params}) > 1:
+            raise ValueError(
+                "MagnitudePruner: scope='global' ranks all weights in one dtype on one device; "
+                "these have several (use scope='layer', or one pruner per dtype)"
+            )
+        return params
+
     def _check_live(self):
         if self._masks is None:
             raise RuntimeError("MagnitudePruner: remove() was called; this pruner no longer prunes")
+        for (m, n), p, label in zip(self.targets, self.params, self.labels):
+            if m._parameters.get(n) is not p:
+                # (fully_shard after the pruner, load_state_dict(assign=True), ...)
+                raise RuntimeError(
+                    f"MagnitudePruner: {label} is no longer the parameter this pruner was built on; "
+                    "build the pruner after the model's parameters are final (after fully_shard)"
+                )
+
+    def _comm(self):
+        return distributed.comm_for_dtensors(self.params) if self.sharded else None
 
     def _sparsity_at(self, step):
         return _fraction(self.schedule(step), f"sparsity at step {step}")
@@ -230,7 +277,7 @@ class MagnitudePruner:
             if p.grad is None or self._masks is None:
                 return
             with torch.no_grad():
-                g = p.grad
+                g = _local(p.grad)  # (FSDP2 runs this hook on the sharded gradient)
                 # the ops write in place in row-major order
                 work = g if g.is_contiguous() else g.contiguous()
                 self._masks.apply([work], [j])
@@ -244,21 +291,29 @@ class MagnitudePruner:
         """Prune among the alive entries until `sparsity` of the entries in
         scope are zero (round(s * n), as torch's amount)."""
         self.apply()  # the selection relies on pruned weights being +0
-        if self.scope == "global":
-            index = list(range(len(self.params)))
-            total = sum(p.numel() for p in self.params)
-            self._prune_group(index, round(sparsity * total) - sum(self.pruned))
-        else:
-            for j, p in enumerate(self.params):
-                self._prune_group([j], round(sparsity * p.numel()) - self.pruned[j])
+        n = len(self.params)
+        for index in [list(range(n))] if self.scope == "global" else [[j] for j in range(n)]:
+            total = sum(self.params[j].numel() for j in index)  # (a DTensor's: the unsharded count)
+            self._prune_group(index, total - round(sparsity * total))
         self.sparsity = max(self.sparsity, sparsity)
 
-    def _prune_group(self, index, k):
-        if k <= 0:
-            return
-        weights = [self.params[j].detach() for j in index]
-        inputs = self._masks.selection_input(weights, index, self.pruned)
-        alive = sum(self.params[j].numel() - self.pruned[j] for j in index)
-        counts = select_loop.select(inputs, lambda alive: k, alive=alive)
+    def _prune_group(self, index, keep):
+        """Prune the alive entries of the weights at `index` down to `keep`
+        (of the unsharded weights, when sharded)."""
+        def k_of_alive(alive):
+            return max(0, alive - keep)
+
+        if self.sharded:
+            params = [self.params[j] for j in index]
+            parts = lean_masks.ShardedWeights(params, self._masks, index, self.pruned, distributed.comm_for_dtensors(params))
+            counted, parts.every = parts.phase_inputs(among_alive=True)
+            counts = distributed.select_shards(parts, counted, k_of_alive, among_alive=True)
+        else:
+            alive = sum(self.params[j].numel() - self.pruned[j] for j in index)
+            if alive <= keep:
+                return
+            weights = [self.params[j].detach() for j in index]
+            inputs = self._masks.selection_input(weights, index, self.pruned, weights[0].dtype)
+            counts = select_loop.select(inputs, k_of_alive, alive=alive)
         for j, c in zip(index, counts.tolist()):
             self.pruned[j] += int(c)

@@ -2,7 +2,8 @@
 127.0.0.1, a free port), with a timeout on every collective and on the whole
 run, and no process left behind.
 
-    results = run_on_ranks(scenarios, world_size=2)   # {name: [rank results]}
+    ranks = run_on_ranks(scenarios, world_size=2)   # {name: [(status, result) per rank]}
+    results(ranks, scenario)                         # [result per rank], or fails
 
 Each scenario is a top-level function `fn(rank, world_size) -> picklable`,
 called on every rank in the same order; one that raises reports its
@@ -85,3 +86,12 @@ def run_on_ranks(scenarios, world_size, timeout_s=600):
                 p.kill()
                 p.join()
     return results
+
+
+def results(ranks, scenario):
+    """The scenario's result on every rank of a run_on_ranks outcome; fails
+    with a rank's traceback."""
+    out = ranks[scenario.__name__]
+    for rank, (status, value) in enumerate(out):
+        assert status == "ok", f"rank {rank}:\n{value}"
+    return [value for _, value in out]

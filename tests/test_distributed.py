@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dist_scenarios as sc
-from dist_harness import run_on_ranks
+from dist_harness import results, run_on_ranks
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -32,14 +32,6 @@ SCENARIOS = [
 @pytest.fixture(scope="module", params=[2, 3], ids=lambda n: f"{n}ranks")
 def ranks(request):
     return run_on_ranks(SCENARIOS, request.param, timeout_s=RUN_TIMEOUT_S)
-
-
-def results(ranks, scenario):
-    """The scenario's result on every rank; fails with a rank's traceback."""
-    out = ranks[scenario.__name__]
-    for rank, (status, value) in enumerate(out):
-        assert status == "ok", f"rank {rank}:\n{value}"
-    return [value for _, value in out]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS[:4] + [sc.parts_that_hold_nothing], ids=lambda f: f.__name__)

@@ -282,6 +282,19 @@ def test_remove():
         pruner.step()
 
 
+def test_a_replaced_parameter_is_refused():
+    """A pruner built before the parameters changed (fully_shard after the
+    pruner, load_state_dict(assign=True)) would prune tensors the model no
+    longer uses: it says so instead."""
+    m = model()
+    pruner = pruneext.MagnitudePruner(m, 0.5)
+    m[2].weight = nn.Parameter(m[2].weight.detach().clone())
+    with pytest.raises(RuntimeError, match=r"no longer the parameter.*after fully_shard"):
+        pruner.step()
+    with pytest.raises(RuntimeError, match="no longer the parameter"):
+        pruner.apply()
+
+
 # -------------------------------------------------------------- bad input
 
 
