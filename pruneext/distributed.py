@@ -191,12 +191,13 @@ class DTensorList:
         """(owned, every): the owned shards, which the histograms count (a
         replica must not count twice), and every local shard, which gets a
         mask. The scores' dtype fixes the key width where none is owned."""
-        dtype = self.dtype
+        every = ops.PhaseInput([sh.local for sh in self.shards], self.mask_shards, among_alive, self.dtype)
         owned = [i for i, sh in enumerate(self.shards) if sh.owned]
+        # the owned ones as `every` prepared them (integer scores are copied
+        # to float once); only their histograms are read
         counted = ops.PhaseInput(
-            [self.shards[i].local for i in owned], [self.mask_shards[i] for i in owned], among_alive, dtype
+            [every.scores[i] for i in owned], [every.masks[i] for i in owned], among_alive, every.scores[0].dtype
         )
-        every = ops.PhaseInput([sh.local for sh in self.shards], self.mask_shards, among_alive, dtype)
         return counted, every
 
     def budgets(self, sel, among_alive):
