@@ -95,3 +95,19 @@ def results(ranks, scenario):
     for rank, (status, value) in enumerate(out):
         assert status == "ok", f"rank {rank}:\n{value}"
     return [value for _, value in out]
+
+
+def run_torchrun(script, nproc=2, timeout_s=600):
+    """`torchrun --standalone --nproc-per-node N script` from the repository
+    root, as a README says to run it (without the interpreter mode of the
+    Triton tests); the finished process, its output captured."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("TRITON_INTERPRET", None)
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), script],
+        cwd=root, env=env, capture_output=True, text=True, timeout=timeout_s,
+    )

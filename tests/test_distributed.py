@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import dist_scenarios as sc
-from dist_harness import results, run_on_ranks
+from dist_harness import results, run_on_ranks, run_torchrun
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -69,16 +69,6 @@ def test_fsdp2_masks_survive_a_distributed_checkpoint(ranks):
 
 def test_readme_fsdp2_example_runs_under_torchrun():
     """README's command, as written: torchrun --standalone --nproc-per-node 2 examples/fsdp2_prune.py"""
-    import os
-    import subprocess
-    import sys
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env.pop("TRITON_INTERPRET", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "examples/fsdp2_prune.py"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
-    )
+    done = run_torchrun("examples/fsdp2_prune.py", timeout_s=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "global sparsity 0.800" in done.stdout
