@@ -10,6 +10,9 @@
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
+#include <ATen/MemoryOverlap.h>
+
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -41,6 +44,12 @@ struct MaskJob {
   at::Tensor prev;    // contiguous previous mask, or undefined (all ones)
   at::Tensor out;     // contiguous result in the work mask dtype
   at::ScalarType final_dtype;  // what the caller gets back (prev's, else scores')
+  // The masked values (attach_values): values_out = mask * values in
+  // values' dtype, written by the same pass as the mask. Both undefined
+  // when the call has none; values is contiguous, values_out the caller's
+  // own (contiguous) tensor.
+  at::Tensor values;
+  at::Tensor values_out;
 };
 
 struct MaskProblem {
@@ -49,6 +58,8 @@ struct MaskProblem {
   bool among_alive = false;
   at::ScalarType score_dtype = at::kFloat;
   at::ScalarType mask_dtype = at::kFloat;  // the dtype the kernel writes
+  bool has_values = false;                 // every job has values (attach_values)
+  at::ScalarType value_dtype = at::kFloat;
 };
 
 inline bool is_kernel_score_dtype(at::ScalarType t) {
@@ -154,6 +165,114 @@ inline MaskProblem prepare_problem(
   return p;
 }
 
+// The optional masked-values outputs of l1_mask / l1_mask_global (ops.cpp):
+// values (none: the scores themselves) and values_out, one per score
+// tensor, given (the op's entry points call this only when values_out is
+// there). Every check runs here, before any kernel writes, so a bad
+// output raises with the caller's tensors untouched.
+inline void attach_values(
+    MaskProblem& p,
+    at::TensorList scores,
+    const std::vector<std::optional<at::Tensor>>& values,
+    const std::vector<std::optional<at::Tensor>>& values_out,
+    const char* op_name) {
+  TORCH_CHECK(
+      values_out.size() == scores.size(), op_name, ": expected one values_out per score tensor, got ",
+      values_out.size(), " for ", scores.size(), " tensors");
+  TORCH_CHECK(
+      values.empty() || values.size() == scores.size(), op_name,
+      ": expected one values tensor per score tensor (or none: the scores), got ", values.size(),
+      " for ", scores.size(), " tensors");
+  for (size_t i = 0; i < scores.size(); ++i) {
+    const at::Tensor& s = scores[i];
+    const bool own = !values.empty() && values[i].has_value();
+    const at::Tensor v = own ? *values[i] : s;
+    TORCH_CHECK(values_out[i].has_value(), op_name, ": values_out[", i, "] is None");
+    const at::Tensor& o = *values_out[i];
+    TORCH_CHECK(
+        v.sizes() == s.sizes(), op_name, ": values of shape ", v.sizes(), " do not match scores of shape ",
+        s.sizes());
+    TORCH_CHECK(v.device() == s.device(), op_name, ": values on ", v.device(), " but scores on ", s.device());
+    TORCH_CHECK_TYPE(
+        is_kernel_score_dtype(v.scalar_type()), op_name,
+        ": values must be float32, float64, float16 or bfloat16, got ", v.scalar_type());
+    TORCH_CHECK_TYPE(
+        i == 0 || v.scalar_type() == p.value_dtype, op_name, ": all values must share one dtype, got ",
+        p.value_dtype, " and ", v.scalar_type());
+    p.value_dtype = v.scalar_type();
+    TORCH_CHECK(
+        o.sizes() == v.sizes(), op_name, ": values_out of shape ", o.sizes(), " does not match values of shape ",
+        v.sizes());
+    TORCH_CHECK_TYPE(
+        o.scalar_type() == v.scalar_type(), op_name, ": values_out of dtype ", o.scalar_type(),
+        " does not match values of dtype ", v.scalar_type());
+    TORCH_CHECK(o.device() == v.device(), op_name, ": values_out on ", o.device(), " but values on ", v.device());
+    TORCH_CHECK(o.is_contiguous(), op_name, ": values_out must be contiguous (it is written in place)");
+    // The select reads the scores (and the mask) after values_out is written.
+    at::assert_no_internal_overlap(o);
+    at::assert_no_overlap(o, s);
+    at::assert_no_overlap(o, v);
+    if (i < p.jobs.size() && p.jobs[i].prev.defined()) {
+      at::assert_no_overlap(o, p.jobs[i].prev);
+    }
+    if (i < p.jobs.size() && p.jobs[i].out.defined()) {
+      at::assert_no_overlap(o, p.jobs[i].out);
+    }
+  }
+  // The product is taken in values' dtype with the mask's bits read as that
+  // dtype: a default mask of another dtype would need a conversion per entry.
+  TORCH_CHECK_TYPE(
+      p.jobs.empty() || p.mask_dtype == p.value_dtype ||
+          std::none_of(p.jobs.begin(), p.jobs.end(), [](const MaskJob& j) { return j.prev.defined(); }),
+      op_name, ": with values_out, the default masks must have values' dtype (", p.value_dtype, "), got ",
+      p.mask_dtype);
+  p.has_values = !p.jobs.empty();
+  for (size_t i = 0; i < p.jobs.size(); ++i) {
+    const bool own = !values.empty() && values[i].has_value();
+    p.jobs[i].values = own ? values[i]->contiguous() : p.jobs[i].scores;
+    p.jobs[i].values_out = *values_out[i];
+  }
+}
+
+// The caller's mask outputs (l1_mask_global.into): each of the shape and
+// dtype the op would return, contiguous, on the scores' device and sharing
+// no memory with them or the default mask. The kernel writes each directly,
+// or (a list mixing default masks and none, whose work dtype is another)
+// a temporary that finish_into copies over.
+inline void attach_masks(MaskProblem& p, at::TensorList masks, const char* op_name) {
+  TORCH_CHECK(
+      masks.size() == p.jobs.size(), op_name, ": expected one mask output per score tensor, got ",
+      masks.size(), " for ", p.jobs.size(), " tensors");
+  for (size_t i = 0; i < p.jobs.size(); ++i) {
+    auto& job = p.jobs[i];
+    const at::Tensor& m = masks[i];
+    TORCH_CHECK(
+        m.sizes() == job.scores.sizes(), op_name, ": mask output of shape ", m.sizes(),
+        " does not match scores of shape ", job.scores.sizes());
+    TORCH_CHECK_TYPE(
+        m.scalar_type() == job.final_dtype, op_name, ": mask output of dtype ", m.scalar_type(), ", expected ",
+        job.final_dtype, " (the default mask's, else the scores')");
+    TORCH_CHECK(
+        m.device() == job.scores.device(), op_name, ": mask output on ", m.device(), " but scores on ",
+        job.scores.device());
+    TORCH_CHECK(m.is_contiguous(), op_name, ": mask outputs must be contiguous (they are written in place)");
+    at::assert_no_internal_overlap(m);
+    at::assert_no_overlap(m, job.scores);
+    if (job.prev.defined()) {
+      at::assert_no_overlap(m, job.prev);
+    }
+    job.out = m.scalar_type() == p.mask_dtype ? m : at::empty(m.sizes(), m.options().dtype(p.mask_dtype));
+  }
+}
+
+inline void finish_into(MaskProblem& p, at::TensorList masks) {
+  for (size_t i = 0; i < p.jobs.size(); ++i) {
+    if (!p.jobs[i].out.is_same(masks[i])) {
+      masks[i].copy_(p.jobs[i].out);
+    }
+  }
+}
+
 inline std::vector<at::Tensor> finish_problem(MaskProblem& p) {
   std::vector<at::Tensor> outs;
   outs.reserve(p.jobs.size());
@@ -174,6 +293,10 @@ inline std::vector<std::optional<at::Tensor>> to_vector(
   return v;
 }
 
+inline std::vector<std::optional<at::Tensor>> to_vector(at::TensorList tensors) {
+  return std::vector<std::optional<at::Tensor>>(tensors.begin(), tensors.end());
+}
+
 // A backend's two operator entry points around its `Run(MaskProblem&)`:
 // checks and allocation, the kernels, the final dtypes.
 template <void (*Run)(MaskProblem&)>
@@ -182,8 +305,16 @@ struct MaskOps {
       const at::Tensor& scores,
       int64_t k,
       const std::optional<at::Tensor>& default_mask,
-      bool among_alive) {
-    auto p = prepare_problem({scores}, {default_mask}, k, among_alive, "l1_mask");
+      bool among_alive,
+      const std::optional<at::Tensor>& values,
+      const std::optional<at::Tensor>& values_out) {
+    constexpr const char* op = "l1_mask";
+    auto p = prepare_problem({scores}, {default_mask}, k, among_alive, op);
+    if (values_out.has_value()) {
+      attach_values(p, {scores}, {values}, {values_out}, op);
+    } else {
+      TORCH_CHECK(!values.has_value(), op, ": values given without values_out (where would they go?)");
+    }
     Run(p);
     return finish_problem(p)[0];
   }
@@ -196,6 +327,27 @@ struct MaskOps {
     auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, "l1_mask_global");
     Run(p);
     return finish_problem(p);
+  }
+
+  static void l1_mask_global_into(
+      at::TensorList scores,
+      int64_t k,
+      const c10::List<std::optional<at::Tensor>>& default_masks,
+      bool among_alive,
+      at::TensorList masks,
+      std::optional<at::TensorList> values,
+      std::optional<at::TensorList> values_out) {
+    constexpr const char* op = "l1_mask_global.into";
+    auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, op, false);
+    attach_masks(p, masks, op);
+    if (values_out.has_value()) {
+      attach_values(p, scores, values ? to_vector(*values) : std::vector<std::optional<at::Tensor>>{},
+                    to_vector(*values_out), op);
+    } else {
+      TORCH_CHECK(!values.has_value(), op, ": values given without values_out (where would they go?)");
+    }
+    Run(p);
+    finish_into(p, masks);
   }
 };
 

@@ -10,19 +10,42 @@ TORCH_LIBRARY(pruneext, m) {
   // index; NaN is the largest magnitude. The result is contiguous, with
   // default_mask's dtype, else scores' dtype.
   //
+  // values_out (optional): written by the same pass as the mask with
+  // mask * values, the product taken in values' dtype (values: the scores
+  // when None) -- bit for bit torch's `mask.to(values.dtype) * values`, so
+  // a pruned entry holds value * 0 (+-0, or NaN for an inf or NaN value).
+  // It is the caller's tensor: same shape, dtype and device as values,
+  // contiguous, sharing no memory with scores, values or default_mask; a
+  // default mask must then have values' dtype. values are float32, float64,
+  // float16 or bfloat16. Every check runs before anything is written. This
+  // is how l1_unstructured commits `module.<name>` without torch's second
+  // pass (apply_mask); global_unstructured takes l1_mask_global.into.
+  //
   // Both are cudagraph_unsafe: the CUDA kernels sync once for the alive count
   // (among_alive with a default mask) and copy a list's descriptors from a
   // buffer that outlives the call but not a graph's replays, so torch.compile
   // keeps them out of CUDA graphs (and the CUDA backend refuses a capture).
   m.def(
       "l1_mask(Tensor scores, SymInt k, Tensor? default_mask=None, "
-      "bool among_alive=False) -> Tensor",
+      "bool among_alive=False, Tensor? values=None, Tensor(a!)? values_out=None) -> Tensor",
       {at::Tag::cudagraph_unsafe});
   // The same selection over a list of tensors ranked together (global
   // pruning): ties go to the lowest list position, then the lowest flat index.
   m.def(
       "l1_mask_global(Tensor[] scores, SymInt k, Tensor?[] default_masks, "
       "bool among_alive=False) -> Tensor[]",
+      {at::Tag::cudagraph_unsafe});
+  // The same, with every output a parameter: masks[j] gets what
+  // l1_mask_global returns (its shape and dtype; contiguous), values_out[j]
+  // (optional, as l1_mask's) mask * values[j] (values None: the scores).
+  // An op that writes into tensors it is given cannot return a list too:
+  // torch.compile functionalizes such an op only when it returns tensors
+  // (auto_functionalize), so the global op's outputs-as-parameters form is
+  // this overload rather than trailing arguments of the first.
+  m.def(
+      "l1_mask_global.into(Tensor[] scores, SymInt k, Tensor?[] default_masks, "
+      "bool among_alive, Tensor(a!)[] masks, Tensor[]? values=None, "
+      "Tensor(b!)[]? values_out=None) -> ()",
       {at::Tag::cudagraph_unsafe});
 
   // The phases of the same selection, for a driver that runs the passes

@@ -33,10 +33,16 @@ def has_kernel(op, dispatch_key):
 
 if LOAD_ERROR is None:
 
+    # values_out (and the .into overload's masks) are written in place, as
+    # their schemas say: the fakes only return what the op returns.
     @torch.library.register_fake("pruneext::l1_mask")
-    def _l1_mask_fake(scores, k, default_mask=None, among_alive=False):
+    def _l1_mask_fake(scores, k, default_mask=None, among_alive=False, values=None, values_out=None):
         dtype = default_mask.dtype if default_mask is not None else scores.dtype
         return scores.new_empty(scores.shape, dtype=dtype)
+
+    @torch.library.register_fake("pruneext::l1_mask_global.into")
+    def _l1_mask_global_into_fake(scores, k, default_masks, among_alive, masks, values=None, values_out=None):
+        return None
 
     @torch.library.register_fake("pruneext::l1_mask_global")
     def _l1_mask_global_fake(scores, k, default_masks, among_alive=False):
@@ -77,12 +83,23 @@ if LOAD_ERROR is None:
         return None
 
 
-def _l1_mask(scores, k, default_mask=None, among_alive=False):
-    return torch.ops.pruneext.l1_mask(scores, k, default_mask, among_alive)
+def _l1_mask(scores, k, default_mask=None, among_alive=False, values=None, values_out=None):
+    return torch.ops.pruneext.l1_mask(scores, k, default_mask, among_alive, values, values_out)
 
 
-def _l1_mask_global(scores, k, default_masks, among_alive=False):
-    return torch.ops.pruneext.l1_mask_global(scores, k, default_masks, among_alive)
+def _l1_mask_global(scores, k, default_masks, among_alive=False, values=None, values_out=None):
+    if values_out is None:
+        return torch.ops.pruneext.l1_mask_global(scores, k, default_masks, among_alive)
+    masks = mask_outputs(scores, default_masks)
+    torch.ops.pruneext.l1_mask_global.into(scores, k, default_masks, among_alive, masks, values, values_out)
+    return masks
+
+
+def mask_outputs(scores, default_masks):
+    """Empty masks as l1_mask_global returns them (the default mask's dtype,
+    else the scores'), for its .into overload."""
+    masks = default_masks or [None] * len(scores)
+    return [torch.empty(s.shape, dtype=s.dtype if m is None else m.dtype, device=s.device) for s, m in zip(scores, masks)]
 
 
 def _phases(dispatch_key):

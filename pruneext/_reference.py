@@ -8,6 +8,7 @@ csrc/magnitude_key.h (NaN largest, all NaNs tie, -0.0 ties +0.0) and ties
 broken by the lowest flat index.
 """
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from . import backends
 
@@ -91,17 +92,96 @@ def _meta_result(scores, default_mask):
     return torch.empty(scores.shape, dtype=dtype, device="meta")
 
 
-def l1_mask(scores, k, default_mask=None, among_alive=False):
+VALUE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _byte_range(t):
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + extent * t.element_size()
+
+
+def _overlaps(a, b):
+    """Whether two tensors may share memory (their byte ranges meet; meta
+    and fake tensors have no memory to compare)."""
+    if any(t.is_meta or is_fake(t) or t.numel() == 0 for t in (a, b)):
+        return False
+    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
+        return False
+    (a0, a1), (b0, b1) = _byte_range(a), _byte_range(b)
+    return a0 < b1 and b0 < a1
+
+
+def check_values(scores, masks, values, values_out, op):
+    """The checks of the optional masked-values outputs (csrc/l1_mask_common.h's
+    attach_values, with its errors), for the Python backends: `values` (None:
+    the scores) and `values_out` one per score tensor, or values_out None.
+    Returns the values list (None where the call has no values_out)."""
+    if values_out is None:
+        if values is not None:
+            raise RuntimeError(f"{op}: values given without values_out (where would they go?)")
+        return None
+    if len(values_out) != len(scores):
+        raise RuntimeError(f"{op}: expected one values_out per score tensor, got {len(values_out)} for {len(scores)} tensors")
+    values = list(values) if values is not None else [None] * len(scores)
+    if len(values) != len(scores):
+        raise RuntimeError(
+            f"{op}: expected one values tensor per score tensor (or none: the scores), got {len(values)} "
+            f"for {len(scores)} tensors"
+        )
+    values = [s if v is None else v for s, v in zip(scores, values)]
+    masks = masks or [None] * len(scores)
+    for s, v, o, m in zip(scores, values, values_out, masks):
+        if o is None:
+            raise RuntimeError(f"{op}: values_out is None")
+        if v.shape != s.shape:
+            raise RuntimeError(f"{op}: values of shape {list(v.shape)} do not match scores of shape {list(s.shape)}")
+        if v.device != s.device:
+            raise RuntimeError(f"{op}: values on {v.device} but scores on {s.device}")
+        if v.dtype not in VALUE_DTYPES:
+            raise TypeError(f"{op}: values must be float32, float64, float16 or bfloat16, got {v.dtype}")
+        if v.dtype != values[0].dtype:
+            raise TypeError(f"{op}: all values must share one dtype, got {values[0].dtype} and {v.dtype}")
+        if o.shape != v.shape:
+            raise RuntimeError(f"{op}: values_out of shape {list(o.shape)} does not match values of shape {list(v.shape)}")
+        if o.dtype != v.dtype:
+            raise TypeError(f"{op}: values_out of dtype {o.dtype} does not match values of dtype {v.dtype}")
+        if o.device != v.device:
+            raise RuntimeError(f"{op}: values_out on {o.device} but values on {v.device}")
+        if not o.is_contiguous():
+            raise RuntimeError(f"{op}: values_out must be contiguous (it is written in place)")
+        if any(t is not None and _overlaps(o, t) for t in (s, v, m)):
+            raise RuntimeError(f"{op}: values_out shares memory with an input (scores, values or default mask)")
+    given = [m for m in masks if m is not None]
+    if given and given[0].dtype != values[0].dtype:
+        raise TypeError(
+            f"{op}: with values_out, the default masks must have values' dtype ({values[0].dtype}), got {given[0].dtype}"
+        )
+    return values
+
+
+def _write_values(masks, values, values_out):
+    """values_out = torch's apply_mask product, mask.to(values.dtype) * values."""
+    for m, v, o in zip(masks, values, values_out):
+        o.copy_(m.to(v.dtype) * v)
+
+
+def l1_mask(scores, k, default_mask=None, among_alive=False, values=None, values_out=None):
     _check_mask(scores, default_mask)
+    values = check_values([scores], [default_mask], None if values is None else [values],
+                          None if values_out is None else [values_out], "l1_mask")
     if scores.is_meta:
         return _meta_result(scores, default_mask)
     selected = _select(magnitude_key(scores), k, _alive(default_mask, among_alive))
-    return _apply(selected, scores, default_mask)
+    mask = _apply(selected, scores, default_mask)
+    if values is not None:
+        _write_values([mask], values, [values_out])
+    return mask
 
 
-def l1_mask_global(scores, k, default_masks, among_alive=False):
+def l1_mask_global(scores, k, default_masks, among_alive=False, values=None, values_out=None):
     if not default_masks:
         default_masks = [None] * len(scores)
+    values = check_values(scores, default_masks, values, values_out, "l1_mask_global")
     if not scores:
         if k != 0:
             raise RuntimeError(f"l1_mask_global: k={k} but there is nothing to prune")
@@ -120,7 +200,10 @@ def l1_mask_global(scores, k, default_masks, among_alive=False):
             ]
         )
     selected = _select(key, k, alive).split([s.numel() for s in scores])
-    return [_apply(sel, s, m) for sel, s, m in zip(selected, scores, default_masks)]
+    masks = [_apply(sel, s, m) for sel, s, m in zip(selected, scores, default_masks)]
+    if values is not None:
+        _write_values(masks, values, values_out)
+    return masks
 
 
 # ------------------------------------------------------------------ phases

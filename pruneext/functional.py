@@ -3,14 +3,15 @@
 `global_unstructured` with an L1Unstructured method ranks all parameters in
 one kernel call (pruneext.ops.l1_mask_global) without concatenating them;
 torch's builds flat copies of every parameter and mask (about 12x the
-parameter bytes of extra memory). Other methods take torch's algorithm.
+parameter bytes of extra memory), and the same pass writes each pruned
+`module.<name>` (pruneext._fused). Other methods take torch's algorithm.
 """
 from collections.abc import Iterable
 
 import torch
 from torch.nn.utils import prune as _torch_prune
 
-from . import distributed, methods, ops
+from . import _fused, distributed, methods, ops
 from ._amount import checked_k
 
 # torch's own, unchanged: they act on any BasePruningMethod hook, ours included.
@@ -129,23 +130,47 @@ class _GlobalPlan:
         parameters, method, scores, masks = self.parameters, self.method, self.scores, self.masks
         if not methods._is_l1_unstructured(method):
             return _global_by_concatenation(parameters, method, scores, masks)
-        new_masks = self._masks()
-        _install(parameters, new_masks)
+        products = self._products()
+        new_masks = self._masks(products)
+        _install(parameters, new_masks, products)
 
-    def _masks(self):
+    def _products(self):
+        """The tensors the mask pass writes `mask * orig` into, one per
+        parameter, or None: the list is fused only whole, in one call, with
+        one parameter dtype, and not across processes."""
+        if self.sharded or self.group is not None:
+            return None
+        origs = [_orig_of(module, name) for module, name in self.parameters]
+        if len({o.dtype for o in origs}) > 1:
+            return None
+        products = [_fused.output_for(o, s, m) for o, s, m in zip(origs, self.scores, self.masks)]
+        return None if any(p is None for p in products) else products
+
+    def _masks(self, products=None):
         k_of = lambda alive: checked_k(self.method.amount, alive)  # noqa: E731
         if self.sharded:
             return distributed.l1_masks_dtensor(self.scores, k_of, self.masks, among_alive=True)
         if self.group is not None:
             return distributed.l1_masks_across_ranks(self.scores, k_of, self.masks, True, self.group)
         alive = sum(s.numel() if m is None else ops.count_alive(m) for s, m in zip(self.scores, self.masks))
-        return ops.l1_mask_global(self.scores, k_of(alive), self.masks, among_alive=True)
+        values = None if products is None else [_orig_of(module, name) for module, name in self.parameters]
+        return ops.l1_mask_global(
+            self.scores, k_of(alive), self.masks, among_alive=True, values=values, values_out=products
+        )
 
 
-def _install(parameters, new_masks):
-    """Every check is done and every mask computed: now change the modules."""
+def _orig_of(module, name):
+    """The tensor a pruning of `name` multiplies by its mask."""
+    orig = module._parameters.get(name + "_orig")
+    return orig if orig is not None else getattr(module, name)
+
+
+def _install(parameters, new_masks, products=None):
+    """Every check is done and every mask computed: now change the modules
+    (`products`: mask * orig per parameter, where the mask pass wrote it)."""
     done = set()
-    for (module, name), mask in zip(parameters, new_masks):
+    products = products or [None] * len(new_masks)
+    for (module, name), mask, product in zip(parameters, new_masks, products):
         param = getattr(module, name)
         mask = mask.to(device=param.device, dtype=param.dtype)
         # The hook holds the very buffer, not a slice of a flat copy.
@@ -157,7 +182,7 @@ def _install(parameters, new_masks):
             plan.compute()
             plan.commit()
         else:
-            plan.commit(mask)
+            plan.commit(mask, product)
         done.add((id(module), name))
 
 

@@ -14,6 +14,9 @@ changes:
   a re-prune fails.
 * Re-pruning a parameter pruned by either library builds a pruneext
   PruningContainer (a new object; the old hook is left unchanged).
+* An L1 pruning of a plain tensor commits `module.<name>` (torch's
+  `orig * mask`) as written by the mask pass itself (pruneext._fused), not
+  by a second pass over the parameter.
 """
 import copy
 import weakref
@@ -21,7 +24,7 @@ import weakref
 import torch
 from torch.nn.utils import prune as _torch_prune
 
-from . import _fsdp, distributed, ops
+from . import _fsdp, _fused, distributed, ops
 from ._amount import checked_k
 
 
@@ -79,15 +82,27 @@ class BasePruningMethod(_torch_prune.BasePruningMethod):
         is all ones, with `like`'s dtype and device)."""
         return self.compute_mask(t, default_mask=torch.ones_like(like))
 
+    def fused_mask(self, t, default_mask, orig, values_out):
+        """The mask of compute_mask (first_mask where default_mask is None),
+        with mask.to(orig.dtype) * orig written into values_out by the same
+        pass; only the L1 methods have one (see _PrunePlan.compute)."""
+        raise NotImplementedError(f"{type(self).__name__} computes no fused mask")
+
     # copy.deepcopy of a pruned module fails in torch (pytorch#37322): the
     # pruned attribute `name` is a non-leaf tensor, which refuses deepcopy.
     # The hook remembers (weakly) the tensor it last set; the module's hooks
     # are copied before that attribute, so the hook's __deepcopy__ puts a
     # detached copy of it into the memo, and deepcopy uses that. The copy's
     # own hook recomputes the attribute (with autograd) at its first forward.
-    def apply_mask(self, module):
+    def apply_mask(self, module, product=None):
+        """torch's apply_mask; `product`: that product already computed by
+        the mask pass (pruneext._fused), which then becomes the result."""
         assert self._tensor_name is not None, f"Module {module} has to be pruned"  # torch's check
-        pruned = _fsdp.apply_mask(self, module)  # orig * mask, as torch's (an FSDP2 forward: the whole mask)
+        if product is None:
+            pruned = _fsdp.apply_mask(self, module)  # orig * mask, as torch's (an FSDP2 forward: the whole mask)
+        else:
+            name = self._tensor_name
+            pruned = _fused.pruned(getattr(module, name + "_orig"), getattr(module, name + "_mask"), product)
         self._pruned_ref = weakref.ref(pruned)
         return pruned
 
@@ -140,6 +155,7 @@ class _PrunePlan:
             method = PruningContainer.extending(hook[1], method)
         self.method = method
         self.mask = None
+        self.product = None  # mask * orig, where the mask pass wrote it
 
     @property
     def first_time(self):
@@ -159,19 +175,36 @@ class _PrunePlan:
 
     def compute(self, importance_scores=None):
         importance_scores = self.check(importance_scores)
-        orig = getattr(self.module, self.name)
-        if self.first_time:
-            self.mask = self.method.first_mask(importance_scores, orig)
+        orig = getattr(self.module, self.name) if self.first_time else getattr(self.module, self.name + "_orig")
+        current = None if self.first_time else getattr(self.module, self.name + "_mask").detach()
+        product = _fused.output_for(orig, importance_scores, current) if self._fusable(importance_scores, orig) else None
+        if product is not None:
+            self.mask = self.method.fused_mask(importance_scores, current, orig, product)
+            self.product = product
+        elif self.first_time:
+            self.mask = self.method.first_mask(importance_scores, getattr(self.module, self.name))
         else:
-            current = getattr(self.module, self.name + "_mask").detach()
             self.mask = self.method.compute_mask(importance_scores, default_mask=current)
 
-    def commit(self, mask=None):
-        """Install the mask, the pruned attribute and the hook. On failure,
-        the module's parameter and buffer dicts (their order too) and the
-        attribute are put back as they were."""
+    def _fusable(self, scores, orig):
+        """Whether the mask pass can write torch's product: the plain L1
+        rule (a container's newest method for a re-pruning) whose mask,
+        committed, multiplies orig by exactly what the pass multiplied by."""
+        if self.first_time:
+            return _is_l1_unstructured(self.method)
+        newest = self.method._pruning_methods[-1]
+        # the container answers in the scores' dtype: the same as orig's, or
+        # the committed mask could differ from what the pass multiplied by
+        return _is_l1_unstructured(newest) and scores.dtype == orig.dtype
+
+    def commit(self, mask=None, product=None):
+        """Install the mask, the pruned attribute and the hook (the
+        attribute: `product` where the mask pass wrote it, else torch's
+        apply_mask). On failure, the module's parameter and buffer dicts
+        (their order too) and the attribute are put back as they were."""
         module, name = self.module, self.name
-        mask = self.mask if mask is None else mask
+        if mask is None:
+            mask, product = self.mask, self.product
         saved_parameters = dict(module._parameters)
         saved_buffers = dict(module._buffers)
         saved_attribute = module.__dict__.get(name, _MISSING)
@@ -184,7 +217,7 @@ class _PrunePlan:
                 # FSDP2 must swap the parameter under its new name
                 renamed = distributed.is_dtensor(orig) and _fsdp.rename(module, name, name + "_orig")
             module.register_buffer(name + "_mask", mask)
-            setattr(module, name, self.method.apply_mask(module))
+            setattr(module, name, self.method.apply_mask(module, product))
         except Exception:
             if renamed:
                 _fsdp.rename(module, name + "_orig", name)
@@ -241,19 +274,25 @@ class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
         container.add_pruning_method(method)
         return container
 
+    def fused_mask(self, t, default_mask, orig, values_out):
+        mask = self._l1_among_alive(t, default_mask, values=orig, values_out=values_out)
+        return mask.to(dtype=t.dtype)
+
+    def _l1_among_alive(self, t, default_mask, **values):
+        # The new method only sees the entries the mask left at 1, and a
+        # float amount is a fraction of those.
+        k = checked_k(self._pruning_methods[-1].amount, ops.count_alive(default_mask))
+        return ops.l1_mask(t, k, default_mask=default_mask, among_alive=True, **values)
+
     def compute_mask(self, t, default_mask):
         method = self._pruning_methods[-1]
         if _is_l1_unstructured(method):
-            # The new method only sees the entries the mask left at 1, and a
-            # float amount is a fraction of those.
             if distributed.is_dtensor(t):
                 (mask,) = distributed.l1_masks_dtensor(
                     [t], lambda alive: checked_k(method.amount, alive), [default_mask], among_alive=True
                 )
             else:
-                alive = ops.count_alive(default_mask)
-                k = checked_k(method.amount, alive)
-                mask = ops.l1_mask(t, k, default_mask=default_mask, among_alive=True)
+                mask = self._l1_among_alive(t, default_mask)
             return mask.to(dtype=t.dtype)  # torch's container answers in t's dtype
         return super().compute_mask(t, default_mask.clone(memory_format=torch.contiguous_format))
 
@@ -268,14 +307,21 @@ class L1Unstructured(BasePruningMethod, _torch_prune.L1Unstructured):
         k = checked_k(self.amount, t.nelement())
         return ops.l1_mask(t, k, default_mask=default_mask)
 
+    def fused_mask(self, t, default_mask, orig, values_out):
+        assert default_mask is None, "a parameter pruned again is pruned by a PruningContainer"
+        return self._first_l1_mask(t, orig, values=orig, values_out=values_out)
+
     def first_mask(self, t, like):
         if not _is_l1_unstructured(self):  # a subclass with its own rule
             return super().first_mask(t, like)
         if distributed.is_dtensor(t):
             (mask,) = distributed.l1_masks_dtensor([t], self._k_of)
             return mask.to(dtype=like.dtype)
+        return self._first_l1_mask(t, like)
+
+    def _first_l1_mask(self, t, like, **values):
         k = checked_k(self.amount, t.nelement())
-        return ops.l1_mask(t, k).to(device=like.device, dtype=like.dtype)
+        return ops.l1_mask(t, k, **values).to(device=like.device, dtype=like.dtype)
 
     def _k_of(self, n):
         return checked_k(self.amount, n)

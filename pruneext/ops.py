@@ -1,7 +1,9 @@
 """The two mask operations, routed to the backend in force (pruneext.backends).
 
-    l1_mask(scores, k, default_mask=None, among_alive=False) -> Tensor
-    l1_mask_global(scores, k, default_masks=None, among_alive=False) -> list[Tensor]
+    l1_mask(scores, k, default_mask=None, among_alive=False,
+            values=None, values_out=None) -> Tensor
+    l1_mask_global(scores, k, default_masks=None, among_alive=False,
+                   values=None, values_out=None) -> list[Tensor]
 
 Semantics, identical on every backend: select the k entries of smallest
 magnitude |scores| (only among entries whose default mask is 1 when
@@ -11,6 +13,12 @@ The result is the default mask (1 where there is none) with the selected
 entries set to 0: contiguous, with the default mask's dtype (else the scores'
 dtype), on the scores' device. The global op ranks all tensors together
 without concatenating them.
+
+With `values_out` (a tensor, or a list for the global op) the same pass also
+writes `mask.to(values.dtype) * values` into it, bit for bit torch's
+apply_mask product (values: the scores when None; float values; values_out
+contiguous, of values' shape, dtype and device, overlapping no input; a
+default mask then in values' dtype). csrc/ops.cpp has the full contract.
 """
 import functools
 
@@ -51,20 +59,40 @@ def _check_tensor(t, what):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
 
 
-def l1_mask(scores, k, default_mask=None, among_alive=False):
+def _values_args(scores, values, values_out):
+    """(values, values_out) as the backends take them: detached, values the
+    scores' own where None (before the scores become a kernel view)."""
+    if values_out is None:
+        if values is not None:
+            raise ValueError("values given without values_out (where would they go?)")
+        return None, None
+    _check_tensor(values_out, "values_out")
+    if values is None:
+        values = scores
+    _check_tensor(values, "values")
+    return values.detach(), values_out.detach()
+
+
+def l1_mask(scores, k, default_mask=None, among_alive=False, values=None, values_out=None):
     _check_tensor(scores, "scores")
     scores = scores.detach()
+    values, values_out = _values_args(scores, values, values_out)
     if default_mask is not None:
         _check_tensor(default_mask, "default_mask")
         default_mask = default_mask.detach()
         if default_mask.shape != scores.shape and default_mask.numel() == scores.numel():
             # torch ranks t.view(-1) into a clone of the mask: the mask's shape wins
+            if values_out is not None and values.shape == scores.shape == values_out.shape:
+                values, values_out = values.reshape(default_mask.shape), values_out.view(default_mask.shape)
             scores = scores.reshape(default_mask.shape)
     backend = backends.resolve(
         scores.device, scores.dtype, None if default_mask is None else default_mask.dtype
     )
     (ranked,), backend = kernel_scores([scores], backend)
-    mask = backend.l1_mask(ranked, int(k), default_mask, bool(among_alive))
+    if values_out is None:  # (a backend's own signature may predate the values)
+        mask = backend.l1_mask(ranked, int(k), default_mask, bool(among_alive))
+    else:
+        mask = backend.l1_mask(ranked, int(k), default_mask, bool(among_alive), values, values_out)
     # without a default mask the result has the scores' dtype, as torch's
     return mask if default_mask is not None or mask.dtype == scores.dtype else mask.to(scores.dtype)
 
@@ -101,13 +129,37 @@ def _prepare_list(scores, default_masks, op):
     return scores, masks, score_dtype, mask_dtype
 
 
-def l1_mask_global(scores, k, default_masks=None, among_alive=False):
+def _values_list(scores, values, values_out):
+    """The global op's values / values_out lists, as _values_args."""
+    if values_out is None:
+        if values is not None:
+            raise ValueError("values given without values_out (where would they go?)")
+        return None, None
+    values_out = list(values_out)
+    values = list(values) if values is not None else [None] * len(values_out)
+    if len(values_out) != len(scores) or len(values) != len(scores):
+        raise ValueError(
+            f"expected one values and one values_out per score tensor ({len(scores)}), "
+            f"got {len(values)} and {len(values_out)}"
+        )
+    pairs = [_values_args(s, v, o) for s, v, o in zip(scores, values, values_out)]
+    return [v for v, _ in pairs], [o for _, o in pairs]
+
+
+def l1_mask_global(scores, k, default_masks=None, among_alive=False, values=None, values_out=None):
+    scores = list(scores)
+    for s in scores:
+        _check_tensor(s, "scores")
+    values, values_out = _values_list(scores, values, values_out)
     scores, masks, score_dtype, mask_dtype = _prepare_list(scores, default_masks, "l1_mask_global")
     if not scores:
         return backends.resolve("cpu", torch.float32).l1_mask_global([], int(k), [], bool(among_alive))
     backend = backends.resolve(scores[0].device, score_dtype, mask_dtype)
     ranked, backend = kernel_scores(scores, backend)
-    out = backend.l1_mask_global(ranked, int(k), masks, bool(among_alive))
+    if values_out is None:
+        out = backend.l1_mask_global(ranked, int(k), masks, bool(among_alive))
+    else:
+        out = backend.l1_mask_global(ranked, int(k), masks, bool(among_alive), values, values_out)
     # without a default mask a result has the scores' dtype, as torch's
     return [o if m is not None or o.dtype == score_dtype else o.to(score_dtype) for o, m in zip(out, masks)]
 

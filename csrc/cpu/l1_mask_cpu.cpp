@@ -1,4 +1,5 @@
-// CPU implementation of pruneext::l1_mask and pruneext::l1_mask_global:
+// CPU implementation of pruneext::l1_mask and pruneext::l1_mask_global (and
+// its .into overload):
 // the radix select of l1_select_cpu.h over the whole list.
 #include <torch/library.h>
 
@@ -26,6 +27,7 @@ void run_cpu(MaskProblem& p) {
 TORCH_LIBRARY_IMPL(pruneext, CPU, m) {
   m.impl("l1_mask", &MaskOps<run_cpu>::l1_mask);
   m.impl("l1_mask_global", &MaskOps<run_cpu>::l1_mask_global);
+  m.impl("l1_mask_global.into", &MaskOps<run_cpu>::l1_mask_global_into);
 }
 
 }  // namespace pruneext

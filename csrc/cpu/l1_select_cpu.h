@@ -13,12 +13,24 @@
 //      ties go to the lowest flat index) and write the mask in one pass.
 // No sort and no index tensor: the extra memory is the candidate lists
 // (at most a quarter of the keys) and the per-thread histograms.
+//
+// The write also produces the masked values where the call asks for them
+// (values_out = mask * values, MaskJob). And where no default mask filters
+// (every entry is alive, so k is known to be possible before any pass), the
+// first pass writes the outputs itself: an entry whose first digit is below
+// the sampled window is selected whatever T is, one at or above it is
+// written as kept; the window's keys are collected with their positions,
+// and once T is known only the selected ones among them are rewritten. The
+// call then reads the keys about once and writes each output once (8N bytes
+// for an fp32 mask: a clone; 12N with the masked values). A missed guess
+// writes everything again in the plain write pass.
 #pragma once
 
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 #include <type_traits>
 #include <vector>
@@ -38,6 +50,48 @@ struct Item {
   int64_t begin;
   int64_t end;
 };
+
+// What a write does with the masked values: value_t is their type, or
+// NoValues when the call has none.
+struct NoValues {};
+
+template <size_t kBytes>
+struct UintOf;
+template <>
+struct UintOf<1> {
+  using type = uint8_t;
+};
+template <>
+struct UintOf<2> {
+  using type = uint16_t;
+};
+template <>
+struct UintOf<4> {
+  using type = uint32_t;
+};
+template <>
+struct UintOf<8> {
+  using type = uint64_t;
+};
+
+// The bits of a value type (NoValues: a byte, never used).
+template <typename value_t>
+using ValueBits = typename UintOf<std::is_same_v<value_t, NoValues> ? 1 : sizeof(value_t)>::type;
+
+template <typename value_t>
+inline value_t value_of_bits(ValueBits<value_t> b) {
+  value_t x;
+  std::memcpy(&x, &b, sizeof x);
+  return x;
+}
+
+template <typename value_t>
+inline ValueBits<value_t> bits_of_one() {
+  const value_t one(1);
+  ValueBits<value_t> b;
+  std::memcpy(&b, &one, sizeof b);
+  return b;
+}
 
 struct Bucket {
   int64_t index;  // the digit value holding the rank-th key
@@ -67,7 +121,10 @@ class CpuSelect {
   using key_type = key_t;
 
   explicit CpuSelect(MaskProblem& p)
-      : k_(p.k), one_(static_cast<mask_t>(mask_one_bits(p.mask_dtype))) {
+      : k_(p.k),
+        one_(static_cast<mask_t>(mask_one_bits(p.mask_dtype))),
+        has_values_(p.has_values),
+        value_dtype_(p.value_dtype) {
     for (size_t j = 0; j < p.jobs.size(); ++j) {
       auto& job = p.jobs[j];
       raw_.push_back(reinterpret_cast<const key_t*>(job.scores.data_ptr()));
@@ -77,6 +134,9 @@ class CpuSelect {
       prev_.push_back(prev);
       // the phases that only read (histogram, tie counts) allocate no output
       out_.push_back(job.out.defined() ? static_cast<mask_t*>(job.out.data_ptr()) : nullptr);
+      values_.push_back(p.has_values ? job.values.const_data_ptr() : nullptr);
+      values_out_.push_back(p.has_values ? job.values_out.data_ptr() : nullptr);
+      filters_ = filters_ || filters;
       const int64_t n = job.scores.numel();
       n_total_ += n;
       for (int64_t b = 0; b < n; b += kItemSize) {
@@ -111,8 +171,11 @@ class CpuSelect {
     uint64_t prefix = static_cast<uint64_t>(bucket.index);
     if (window_.collect) {
       compacted_ = window_.lo <= bucket.index && bucket.index <= window_.hi;
+      // the first pass wrote the outputs; the hit leaves only its candidates
+      speculated_ = compacted_ && speculate_;
       if (!compacted_) {
         cands_.clear();  // the guess missed: fall back to a compaction pass
+        cand_pos_.clear();
       }
     }
     if (!compacted_ && shift > 0 && h[bucket.index] * 4 <= n_total_) {
@@ -137,8 +200,17 @@ class CpuSelect {
       write(key_t(0), Ties{});
       return;
     }
+    // Without a filtering mask every entry is alive, so k <= the entries
+    // (checked by the first pass before it writes) and the first pass may
+    // write the outputs.
+    speculate_ = !filters_ && k_ <= n_total_;
     const Found found = find();
-    write(found.threshold, shares_of_ties(found.threshold, k_ - found.below));
+    const Ties ties = shares_of_ties(found.threshold, k_ - found.below);
+    if (speculated_) {
+      rewrite_selected_candidates(found.threshold, ties);
+    } else {
+      write(found.threshold, ties);
+    }
   }
 
  private:
@@ -212,11 +284,16 @@ class CpuSelect {
     const bool first = shift + bits == Plan::kKeyBits;
     if (first && window_.collect) {
       cands_.assign(items_.size(), {});
+      if (speculate_) {
+        cand_pos_.assign(items_.size(), {});
+      }
     }
     at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
       int64_t* h = local.data() + static_cast<int64_t>(at::get_thread_num()) * nbins;
       if (compacted_) {
         histogram_candidates(b, e, shift, bits, prefix, h);
+      } else if (first && window_.collect && speculate_) {
+        histogram_full<false, true, true>(b, e, shift, bits, prefix, h);
       } else if (first && window_.collect) {
         histogram_full<false, true>(b, e, shift, bits, prefix, h);
       } else if (first) {
@@ -262,18 +339,21 @@ class CpuSelect {
   // them key <= threshold: branch-free loops. Only the item where the ties
   // are cut walks its entries in order.
   void write(key_t threshold, const Ties& ties) {
-    at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
-      for (int64_t idx = b; idx < e; ++idx) {
-        const int64_t share = ties.share.empty() ? 0 : ties.share[idx];
-        const int64_t equal = ties.equal.empty() ? 0 : ties.equal[idx];
-        if (share == 0) {
-          write_item<false>(idx, threshold);
-        } else if (share == equal) {
-          write_item<true>(idx, threshold);
-        } else {
-          write_item_cut(idx, threshold, share);
+    with_values([&](auto tag) {
+      using value_t = typename decltype(tag)::type;
+      at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
+        for (int64_t idx = b; idx < e; ++idx) {
+          const int64_t share = ties.share.empty() ? 0 : ties.share[idx];
+          const int64_t equal = ties.equal.empty() ? 0 : ties.equal[idx];
+          if (share == 0) {
+            write_item<false, value_t>(idx, threshold);
+          } else if (share == equal) {
+            write_item<true, value_t>(idx, threshold);
+          } else {
+            write_item_cut<value_t>(idx, threshold, share);
+          }
         }
-      }
+      });
     });
   }
 
@@ -283,6 +363,12 @@ class CpuSelect {
     const int high = shift + bits;
     for (int64_t idx = b; idx < e; ++idx) {
       auto& c = cands_[idx];
+      if (speculated_) {  // the lists stay whole: their selected keys are rewritten at the end
+        for (const key_t key : c) {
+          h[(key >> shift) & digit_mask] += static_cast<key_t>(key >> high) == prefix;
+        }
+        continue;
+      }
       size_t kept = 0;
       for (const key_t key : c) {
         if (static_cast<key_t>(key >> high) == prefix) {
@@ -294,34 +380,51 @@ class CpuSelect {
     }
   }
 
-  // Appends keys to a candidate list without a branch per key: each key is
-  // stored past the end, and the end moves only over the kept ones.
+  // Appends keys (and, with kPositions, their offsets in the item) to a
+  // candidate list without a branch per key: each key is stored past the
+  // end, and the end moves only over the kept ones.
+  template <bool kPositions>
   struct Appender {
     std::vector<key_t>* list = nullptr;
+    std::vector<uint32_t>* positions = nullptr;
     key_t* buf = nullptr;
+    uint32_t* pos = nullptr;
     size_t n = 0;
     size_t cap = 0;
 
-    void start(std::vector<key_t>* l, size_t capacity) {
+    void start(std::vector<key_t>* l, std::vector<uint32_t>* p, size_t capacity) {
       list = l;
+      positions = p;
       n = 0;
       cap = capacity;
-      list->resize(cap);
-      buf = list->data();
+      resize();
     }
     void reserve_more(size_t more) {
       if (n + more > cap) {
         cap = 2 * cap + more;
-        list->resize(cap);
-        buf = list->data();
+        resize();
       }
     }
-    void push(key_t key, bool keep) {
+    void push(key_t key, bool keep, uint32_t offset) {
       buf[n] = key;
+      if constexpr (kPositions) {
+        pos[n] = offset;
+      }
       n += keep;
     }
     void finish() {
-      list->resize(n);
+      cap = n;
+      resize();
+    }
+
+   private:
+    void resize() {
+      list->resize(cap);
+      buf = list->data();
+      if constexpr (kPositions) {
+        positions->resize(cap);
+        pos = positions->data();
+      }
     }
   };
 
@@ -332,8 +435,10 @@ class CpuSelect {
   // folded into the 64-bit one before they could overflow. Every entry adds
   // 0 or 1, so the loop has no data-dependent branch. The first digit has
   // no prefix to check (kPrefixed false); with kCollect it also keeps the
-  // keys whose digit is in window_ as candidates.
-  template <bool kPrefixed, bool kCollect = false>
+  // keys whose digit is in window_ as candidates, and with kSpeculate their
+  // positions too, and writes each item's outputs as if T were the window's
+  // low end (see the top of the file) while the item is in cache.
+  template <bool kPrefixed, bool kCollect = false, bool kSpeculate = false>
   void histogram_full(int64_t b, int64_t e, int shift, int bits, key_t prefix, int64_t* h) {
     constexpr int64_t kFoldEvery = int64_t(1) << 31;  // < 2^32 per 32-bit counter
     const int64_t nbins = int64_t(1) << bits;
@@ -363,9 +468,11 @@ class CpuSelect {
       // the window in locals: one unsigned compare, nothing reloaded
       const uint64_t win_lo = static_cast<uint64_t>(window_.lo);
       const uint64_t win_span = static_cast<uint64_t>(window_.hi - window_.lo);
-      Appender cands;
+      Appender<kSpeculate> cands;
       if constexpr (kCollect) {
-        cands.start(&cands_[idx], static_cast<size_t>(1.5 * window_.fraction * (it.end - it.begin)) + 16);
+        cands.start(
+            &cands_[idx], kSpeculate ? &cand_pos_[idx] : nullptr,
+            static_cast<size_t>(1.5 * window_.fraction * (it.end - it.begin)) + 16);
       }
       auto run = [&](auto filtered) {
         constexpr bool kFiltered = decltype(filtered)::value;
@@ -381,7 +488,9 @@ class CpuSelect {
           const auto digit = (key >> shift) & digit_mask;
           sh[digit] += take;
           if constexpr (kCollect) {
-            cands.push(key, take & (static_cast<uint64_t>(digit) - win_lo <= win_span));
+            cands.push(
+                key, take & (static_cast<uint64_t>(digit) - win_lo <= win_span),
+                static_cast<uint32_t>(i - it.begin));
           }
         };
         int64_t i = it.begin;
@@ -411,6 +520,11 @@ class CpuSelect {
       }
       if constexpr (kCollect) {
         cands.finish();
+      }
+      if constexpr (kSpeculate) {
+        // selected for any T in the window: the keys below its first digit
+        const key_t below_window = static_cast<key_t>(static_cast<key_t>(window_.lo) << shift);
+        with_values([&](auto tag) { write_item<false, typename decltype(tag)::type>(idx, below_window); });
       }
     }
     fold();
@@ -485,15 +599,45 @@ class CpuSelect {
     return {raw_[job], alive_[job], prev_[job], out_[job]};
   }
 
-  template <bool kInclusive>
+  // Runs f(tag) with tag::type the values' type, or NoValues.
+  template <typename F>
+  void with_values(F f) const {
+    if (!has_values_) {
+      f(TypeTag<NoValues>{});
+      return;
+    }
+    PRUNEEXT_DISPATCH_SCORES(value_dtype_, "l1_mask", [&] { f(TypeTag<scalar_t>{}); });
+  }
+
+  template <typename T>
+  struct TypeTag {
+    using type = T;
+  };
+
+  // The masked values of a job, as value_t (nullptr where there are none).
+  template <typename value_t>
+  std::pair<const value_t*, value_t*> value_pointers(int64_t job) const {
+    return {static_cast<const value_t*>(values_[job]), static_cast<value_t*>(values_out_[job])};
+  }
+
+  // out = 0 where selected, else the default mask (or 1); with values,
+  // vout = m * v where m is that mask entry as value_t (a default mask then
+  // has values' width: attach_values), the product torch's apply_mask takes.
+  template <bool kInclusive, typename value_t>
   void write_item(int64_t idx, key_t threshold) {
+    constexpr bool kValues = !std::is_same_v<value_t, NoValues>;
+    using vbits_t = ValueBits<value_t>;
     const Item& it = items_[idx];
     const auto [raw_p, alive_p, prev_p, out_p] = pointers(it.job);
-    // distinct buffers (the output is fresh): lets the loops vectorise
+    const auto [v_p, vout_p] = value_pointers<value_t>(it.job);
+    // distinct buffers (the outputs are fresh or checked not to overlap):
+    // lets the loops vectorise
     const key_t* __restrict__ raw = raw_p;
     const mask_t* __restrict__ alive = alive_p;
     const mask_t* __restrict__ prev = prev_p;
     mask_t* __restrict__ out = out_p;
+    const value_t* __restrict__ v = v_p;
+    value_t* __restrict__ vout = vout_p;
     const mask_t one = one_;
     auto below = [&](int64_t i) {
       const key_t key = Traits::key(raw[i]);
@@ -503,23 +647,54 @@ class CpuSelect {
     // the compiler vectorises (0 is all-zero bits in every mask dtype)
     auto keep = [](bool selected) { return static_cast<mask_t>(static_cast<mask_t>(selected) - 1); };
     if (prev == nullptr) {
+      // the mask is 0 or 1: in values' type, 1's bits or none
+      vbits_t vone = 0;
+      if constexpr (kValues) {
+        vone = bits_of_one<value_t>();
+      }
       for (int64_t i = it.begin; i < it.end; ++i) {
-        out[i] = one & keep(below(i));
+        const bool selected = below(i);
+        out[i] = one & keep(selected);
+        if constexpr (kValues) {
+          const auto vkeep = static_cast<vbits_t>(static_cast<vbits_t>(selected) - 1);
+          vout[i] = value_of_bits<value_t>(vone & vkeep) * v[i];
+        }
       }
     } else if (alive == nullptr) {
       for (int64_t i = it.begin; i < it.end; ++i) {
-        out[i] = prev[i] & keep(below(i));
+        const mask_t m = prev[i] & keep(below(i));
+        out[i] = m;
+        if constexpr (kValues) {
+          vout[i] = value_of_bits<value_t>(static_cast<vbits_t>(m)) * v[i];
+        }
       }
     } else {
       for (int64_t i = it.begin; i < it.end; ++i) {
-        out[i] = prev[i] & keep(below(i) & (alive[i] == one));
+        const mask_t m = prev[i] & keep(below(i) & (alive[i] == one));
+        out[i] = m;
+        if constexpr (kValues) {
+          vout[i] = value_of_bits<value_t>(static_cast<vbits_t>(m)) * v[i];
+        }
       }
     }
   }
 
+  // The mask entry as value_t's bits (see write_item).
+  template <typename value_t>
+  static ValueBits<value_t> value_bits_of(mask_t m, bool from_prev, ValueBits<value_t> vone) {
+    return from_prev ? static_cast<ValueBits<value_t>>(m) : (m != 0 ? vone : ValueBits<value_t>(0));
+  }
+
+  template <typename value_t>
   void write_item_cut(int64_t idx, key_t threshold, int64_t share) {
+    constexpr bool kValues = !std::is_same_v<value_t, NoValues>;
     const Item& it = items_[idx];
     const auto [raw, alive, prev, out] = pointers(it.job);
+    const auto [v, vout] = value_pointers<value_t>(it.job);
+    ValueBits<value_t> vone = 0;
+    if constexpr (kValues) {
+      vone = bits_of_one<value_t>();
+    }
     const mask_t one = one_, zero = 0;
     for (int64_t i = it.begin; i < it.end; ++i) {
       const key_t key = Traits::key(raw[i]);
@@ -529,8 +704,47 @@ class CpuSelect {
         selected = true;
         --share;
       }
-      out[i] = selected ? zero : (prev != nullptr ? prev[i] : one);
+      const mask_t m = selected ? zero : (prev != nullptr ? prev[i] : one);
+      out[i] = m;
+      if constexpr (kValues) {
+        vout[i] = value_of_bits<value_t>(value_bits_of<value_t>(m, prev != nullptr, vone)) * v[i];
+      }
     }
+  }
+
+  // After a speculative first pass (see the top of the file): of the
+  // window's candidates, those selected (key < T, and the item's share of
+  // the keys == T, in flat order) get the mask 0 and the value 0 * v; the
+  // first pass wrote every other entry as it must be.
+  void rewrite_selected_candidates(key_t threshold, const Ties& ties) {
+    with_values([&](auto tag) {
+      using value_t = typename decltype(tag)::type;
+      constexpr bool kValues = !std::is_same_v<value_t, NoValues>;
+      at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
+        for (int64_t idx = b; idx < e; ++idx) {
+          const Item& it = items_[idx];
+          mask_t* out = out_[it.job];
+          const auto [v, vout] = value_pointers<value_t>(it.job);
+          const auto& keys = cands_[idx];
+          const auto& offsets = cand_pos_[idx];
+          int64_t share = ties.share[idx];
+          for (size_t c = 0; c < keys.size(); ++c) {
+            bool selected = keys[c] < threshold;
+            if (share > 0 && keys[c] == threshold) {
+              selected = true;
+              --share;
+            }
+            if (selected) {
+              const int64_t i = it.begin + offsets[c];
+              out[i] = 0;
+              if constexpr (kValues) {
+                vout[i] = value_of_bits<value_t>(0) * v[i];
+              }
+            }
+          }
+        }
+      });
+    });
   }
 
   int64_t k_;
@@ -540,9 +754,17 @@ class CpuSelect {
   std::vector<const mask_t*> alive_;  // set only where among_alive filters
   std::vector<const mask_t*> prev_;
   std::vector<mask_t*> out_;
+  std::vector<const void*> values_;  // MaskJob::values, or nullptr
+  std::vector<void*> values_out_;
+  bool has_values_;
+  at::ScalarType value_dtype_;
+  bool filters_ = false;  // some default mask filters (among_alive)
   std::vector<Item> items_;
   std::vector<std::vector<key_t>> cands_;
+  std::vector<std::vector<uint32_t>> cand_pos_;  // offsets in the item, when speculating
   bool compacted_ = false;
+  bool speculate_ = false;   // run() lets the first pass write the outputs
+  bool speculated_ = false;  // it did, and the window held T
   Window window_;
 };
 

@@ -1,4 +1,5 @@
-// CUDA implementation of pruneext::l1_mask and pruneext::l1_mask_global.
+// CUDA implementation of pruneext::l1_mask and pruneext::l1_mask_global (and
+// its .into overload).
 //
 // Radix select on the magnitude key with the digits of RadixPlan, over every
 // tensor of the list at once (never a concatenation), then one mask-writing
@@ -22,8 +23,9 @@
 //   ties      per-tile counts of keys == T, and a one-block scan that finds
 //             the tile where the selected ties run out (both return at once
 //             unless only some of the keys == T are selected)
-//   mask      one pass writing the result; the one tile that holds the split
-//             of the ties ranks them with a block scan
+//   mask      one pass writing the result (and the masked values, where the
+//             call has values_out); the one tile that holds the split of the
+//             ties ranks them with a block scan
 //
 // Host syncs: none, except one at the end when among_alive filters by a
 // default mask (the count of prunable entries is then only known on the
@@ -233,12 +235,31 @@ class CudaSelect {
     a.one_bits = one_bits_;
     // Masks are read and written as unsigned words of their width (see
     // mask_one_bits): 4 instantiations per score type, not 6.
-    PRUNEEXT_DISPATCH_MASK_BITS(p_.mask_dtype, "l1_mask", [&] {
-      auto kernel = cuda::mask_kernel<Traits, mask_bits_t>;
-      const int64_t grid = wave_blocks(kernel, Cfg::kMaskBlock, 0, total_tiles_);
-      kernel<<<static_cast<unsigned>(grid), Cfg::kMaskBlock, 0, stream_>>>(a);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (!p_.has_values) {
+      PRUNEEXT_DISPATCH_MASK_BITS(p_.mask_dtype, "l1_mask", [&] {
+        this->template launch_mask_kernel<mask_bits_t, cuda::NoValues>(a);
+      });
+      return;
+    }
+    // With values the mask has the values' width (a default mask has their
+    // dtype) or, without a default mask, the scores' (key_t): 2 per type.
+    PRUNEEXT_DISPATCH_SCORES(p_.value_dtype, "l1_mask", [&] {
+      using value_bits_t = typename KeyOf<scalar_t>::type::key_t;
+      if (c10::elementSize(p_.mask_dtype) == sizeof(scalar_t)) {
+        this->template launch_mask_kernel<value_bits_t, scalar_t>(a);
+      } else {
+        TORCH_INTERNAL_ASSERT(c10::elementSize(p_.mask_dtype) == sizeof(key_t));
+        this->template launch_mask_kernel<key_t, scalar_t>(a);
+      }
     });
+  }
+
+  template <typename W, typename V>
+  void launch_mask_kernel(const cuda::MaskArgs& a) {
+    auto kernel = cuda::mask_kernel<Traits, W, V>;
+    const int64_t grid = wave_blocks(kernel, Cfg::kMaskBlock, 0, total_tiles_);
+    kernel<<<static_cast<unsigned>(grid), Cfg::kMaskBlock, 0, stream_>>>(a);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 
   MaskProblem& p_;
@@ -270,6 +291,7 @@ void run_cuda(MaskProblem& p) {
 TORCH_LIBRARY_IMPL(pruneext, CUDA, m) {
   m.impl("l1_mask", &MaskOps<run_cuda>::l1_mask);
   m.impl("l1_mask_global", &MaskOps<run_cuda>::l1_mask_global);
+  m.impl("l1_mask_global.into", &MaskOps<run_cuda>::l1_mask_global_into);
 }
 
 }  // namespace pruneext

@@ -55,6 +55,8 @@ inline DescList describe(const MaskProblem& p, int64_t tile) {
     d.out = job.out.defined() ? job.out.data_ptr() : nullptr;
     d.numel = job.scores.numel();
     d.tile_begin = l.total_tiles;
+    d.values = job.values.defined() ? job.values.data_ptr() : nullptr;
+    d.values_out = job.values_out.defined() ? job.values_out.data_ptr() : nullptr;
     l.total_tiles += ceil_div(d.numel, tile);
     l.n_total += d.numel;
     l.any_prev = l.any_prev || job.prev.defined();

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
@@ -29,12 +30,16 @@ using ull = unsigned long long;
 
 // One tensor of the problem. Pointers are to contiguous data; prev is the
 // default mask (nullptr: none, i.e. all ones). numel and tile_begin are 64-bit.
+// values / values_out: the masked values the mask kernel also writes
+// (values_out = mask * values), nullptr where the call has none.
 struct TensorDesc {
   const void* scores;
   const void* prev;
   void* out;
   int64_t numel;
   int64_t tile_begin;
+  const void* values = nullptr;
+  void* values_out = nullptr;
 };
 
 // The running state of one selection, in device memory (zero-initialised).
@@ -470,12 +475,35 @@ struct MaskArgs {
 template <typename Traits>
 using MaskScan = cub::BlockScan<unsigned, TileConfig<typename Traits::key_t>::kMaskBlock>;
 
+// The masked values: V is their type, or NoValues where the call has none.
+struct NoValues {};
+
+// values_out[i] = m * values[i] in V, m the mask entry as V: the default
+// mask's bits where there is one (it then has V's width, attach_values),
+// else 0 or 1. torch's apply_mask product, mask first.
+template <typename V, typename W>
+__device__ __forceinline__ void put_value(const TensorDesc& d, int64_t i, W m, bool from_prev) {
+  if constexpr (!std::is_same<V, NoValues>::value) {
+    V factor;
+    if constexpr (sizeof(W) == sizeof(V)) {
+      if (from_prev) {
+        memcpy(&factor, &m, sizeof(V));
+      } else {
+        factor = m != W(0) ? V(1) : V(0);
+      }
+    } else {
+      factor = m != W(0) ? V(1) : V(0);  // no default mask: m is 0 or 1
+    }
+    static_cast<V*>(d.values_out)[i] = factor * static_cast<const V*>(d.values)[i];
+  }
+}
+
 // One tile of the mask (the tile at `base` of d; called by the whole block):
 // out = 0 where selected, else the default mask (1 where none). Selected:
 // alive and key < T (nothing when none), and alive keys == T: all of them
 // when incl, or, when cut, the tile's first `share` in flat order (found
-// with one block scan over contiguous runs).
-template <typename Traits, typename W>
+// with one block scan over contiguous runs). With V, the masked values too.
+template <typename Traits, typename W, typename V = NoValues>
 __device__ __forceinline__ void write_mask_tile(
     const TensorDesc& d, int64_t base, typename Traits::key_t T, bool none, bool incl, bool cut,
     ull share, bool among_alive, W one, typename MaskScan<Traits>::TempStorage& temp) {
@@ -518,6 +546,7 @@ __device__ __forceinline__ void write_mask_tile(
         sel = live && key < T;
       }
       out[i] = sel ? W(0) : pv;
+      put_value<V>(d, i, sel ? W(0) : pv, prev != nullptr);
     }
     __syncthreads();  // temp is reused by the block's next cut tile
     return;
@@ -554,6 +583,7 @@ __device__ __forceinline__ void write_mask_tile(
         const bool live = !filter_alive || pv[j] == one;
         const bool sel = !none && live && (key < T || (incl && key == T));
         o[j * BLOCK] = sel ? W(0) : pv[j];
+        put_value<V>(d, first + j * BLOCK, sel ? W(0) : pv[j], prev != nullptr);
       }
     }
   }
@@ -561,7 +591,7 @@ __device__ __forceinline__ void write_mask_tile(
 
 // The mask of the select: keys == T selected before the split tile, none
 // after it, the split tile's first split_share.
-template <typename Traits, typename W>
+template <typename Traits, typename W, typename V>
 __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock)
     mask_kernel(const MaskArgs a) {
   using key_t = typename Traits::key_t;
@@ -588,7 +618,7 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock
     const int64_t base = (t - d.tile_begin) * TileConfig<key_t>::kTile;
     const bool cut = split && t == split_tile;
     const bool incl = !split || t < split_tile;  // keys == T selected here
-    write_mask_tile<Traits, W>(d, base, T, a.select_none, incl, cut, share, a.among_alive, one, temp);
+    write_mask_tile<Traits, W, V>(d, base, T, a.select_none, incl, cut, share, a.among_alive, one, temp);
   }
 }
 

@@ -59,10 +59,10 @@ NUM_WARPS = 4
 def _tensor_of(values_ptr, mask_ptr, n, table_ptr, rows, steps, pid, count_base, TABLE: tl.constexpr):
     """Program pid's tensor: its values, mask bytes and entry count, the
     tile's place in it, the tensor's first tie-count slot and table row. A
-    table's rows are table.py's (9 int64; MASK, column 7: the first block)."""
+    table's rows are table.py's (11 int64; MASK, column 7: the first block)."""
     if TABLE:
         row = _row_of(table_ptr, rows, steps, pid, 7)
-        entry = table_ptr + row * 9
+        entry = table_ptr + row * 11
         values = tl.load(entry + 0).to(tl.pointer_type(values_ptr.dtype.element_ty))
         mask = tl.load(entry + 1).to(tl.pointer_type(mask_ptr.dtype.element_ty))
         return values, mask, tl.load(entry + 3), pid - tl.load(entry + 7), tl.load(entry + 8), row

@@ -55,7 +55,7 @@ def block_count(count, BLOCK: tl.constexpr):
 def _row_of(table_ptr, rows, steps, target, COL: tl.constexpr, MAX_STEPS: tl.constexpr = 20):
     """The last row of the table whose column COL is <= target (the column
     ascends; `steps` = ceil(log2(rows)) <= MAX_STEPS halvings). target: a
-    scalar or a block of them. (Rows are 9 int64, as table.py writes them.)
+    scalar or a block of them. (Rows are 11 int64, as table.py writes them.)
     The halvings are unrolled, each skipped past `steps`: a loop of `steps`
     trips cost the per-block kernels an 8-byte stack frame (Triton 3.8)."""
     lo = target * 0
@@ -63,7 +63,7 @@ def _row_of(table_ptr, rows, steps, target, COL: tl.constexpr, MAX_STEPS: tl.con
     for step in tl.static_range(MAX_STEPS):
         if step < steps:
             mid = (lo + hi + 1) // 2
-            ok = tl.load(table_ptr + mid * 9 + COL) <= target
+            ok = tl.load(table_ptr + mid * 11 + COL) <= target
             lo = tl.where(ok, mid, lo)
             hi = tl.where(ok, hi, mid - 1)
     return lo
@@ -74,7 +74,7 @@ def _table_block(table_ptr, rows, steps, block, bits_ptr, prev_ptr, COL: tl.cons
     """Block `block` of a table launch (numbered in column COL): its tensor's
     scores and default mask, the tensor's entry count, the block's offsets
     in it, its tie-count slot, and the tensor's table row."""
-    entry = table_ptr + _row_of(table_ptr, rows, steps, block, COL) * 9
+    entry = table_ptr + _row_of(table_ptr, rows, steps, block, COL) * 11
     bits = tl.load(entry + 0).to(tl.pointer_type(bits_ptr.dtype.element_ty))
     prev = tl.load(entry + 1).to(tl.pointer_type(prev_ptr.dtype.element_ty))
     local = block - tl.load(entry + COL)
@@ -115,7 +115,7 @@ def histogram_kernel(
             count = n
         hist_ptr += hist_base + (tl.program_id(0) % REPLICAS).to(tl.int64) * replica_stride
         if TABLE:
-            blocks = tl.load(table_ptr + rows * 9 + 5)  # the closing row: the group's blocks
+            blocks = tl.load(table_ptr + rows * 11 + 5)  # the closing row: the group's blocks
         else:
             blocks = block_count(count, BLOCK)
         for block in range(tl.program_id(0).to(tl.int64), blocks, tl.num_programs(0)):
@@ -256,7 +256,7 @@ def sample_kernel(
     wanted = i < count
     where = i * n // count
     if TABLE:  # each entry's tensor, by the tensors' first entries
-        entry = table_ptr + _row_of(table_ptr, rows, steps, where, 4) * 9
+        entry = table_ptr + _row_of(table_ptr, rows, steps, where, 4) * 11
         bits = tl.load(entry + 0).to(tl.pointer_type(bits_ptr.dtype.element_ty))
         prev = tl.load(entry + 1).to(tl.pointer_type(prev_ptr.dtype.element_ty))
         where -= tl.load(entry + 4)
@@ -317,7 +317,7 @@ def count_ties_kernel(
     as in histogram_kernel)."""
     if tl.load(state_ptr + 1) < tl.load(state_ptr + 4):  # RANK < IN_BIN
         if TABLE:
-            blocks = tl.load(table_ptr + rows * 9 + 7)  # the closing row: the group's blocks
+            blocks = tl.load(table_ptr + rows * 11 + 7)  # the closing row: the group's blocks
         else:
             blocks = block_count(n, BLOCK)
         for block in range(tl.program_id(0).to(tl.int64), blocks, tl.num_programs(0)):
@@ -338,21 +338,29 @@ def count_ties_kernel(
 @triton.jit
 def write_mask_kernel(
     bits_ptr, prev_ptr, n, table_ptr, rows, steps, out_ptr, state_ptr, ties_before_ptr, count_base,
+    values_ptr, values_out_ptr,
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
     ONE: tl.constexpr, FILTER: tl.constexpr, TABLE: tl.constexpr, HAS_PREV: tl.constexpr,
-    OUT_ONE: tl.constexpr, BLOCK: tl.constexpr,
+    OUT_ONE: tl.constexpr, VALUES: tl.constexpr, VALUE_TYPE: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """out = 0 where selected, else the previous mask (or OUT_ONE). Selected:
     alive and key < T, or key == T among the first r such keys in flat
     order (ties_before = exclusive scan of count_ties_kernel's counts; all
     zero when every key == T is selected, and then each block's own ranks
-    are below r)."""
+    are below r). With VALUES, also values_out = out * values in values'
+    dtype VALUE_TYPE (torch's apply_mask product; a default mask then has
+    values' width, its bits read as that float type). Both are handed as
+    integer views, as the scores are: the interpreter has no bfloat16 loads;
+    16-bit products are taken in float32 and rounded, as torch takes them."""
     pid = tl.program_id(0).to(tl.int64)
     if TABLE:
         bits, prev, limit, offs, slot, entry = _table_block(table_ptr, rows, steps, pid, bits_ptr, prev_ptr, 7, BLOCK)
         out = tl.load(entry + 2).to(tl.pointer_type(out_ptr.dtype.element_ty))
+        values = tl.load(entry + 9).to(tl.pointer_type(values_ptr.dtype.element_ty))
+        values_out = tl.load(entry + 10).to(tl.pointer_type(values_out_ptr.dtype.element_ty))
     else:
         bits, prev, out, limit, slot = bits_ptr, prev_ptr, out_ptr, n, count_base + pid
+        values, values_out = values_ptr, values_out_ptr
         offs = pid * BLOCK + tl.arange(0, BLOCK)
     in_range = offs < limit
     key = magnitude_key(tl.load(bits + offs, mask=in_range, other=0), ABS_MASK, INF_BITS, WIDE)
@@ -367,4 +375,16 @@ def write_mask_kernel(
     ties = alive & (key == threshold)
     tie_rank = tl.load(ties_before_ptr + slot) + tl.cumsum(ties.to(tl.int32), axis=0) - 1
     selected = alive & ((key < threshold) | (ties & (tie_rank < tl.load(state_ptr + 1))))  # RANK
-    tl.store(out + offs, tl.where(selected, tl.zeros_like(keep), keep), mask=in_range)
+    mask = tl.where(selected, tl.zeros_like(keep), keep)
+    tl.store(out + offs, mask, mask=in_range)
+    if VALUES:
+        v = tl.load(values + offs, mask=in_range, other=0).to(VALUE_TYPE, bitcast=True)
+        if HAS_PREV:
+            factor = mask.to(VALUE_TYPE, bitcast=True)
+        else:  # the mask is 0 or 1
+            factor = tl.where(selected, 0.0, 1.0)
+        if VALUE_TYPE == tl.float64:
+            product = factor.to(tl.float64) * v
+        else:
+            product = (factor.to(tl.float32) * v.to(tl.float32)).to(VALUE_TYPE)
+        tl.store(values_out + offs, product.to(values_out_ptr.dtype.element_ty, bitcast=True), mask=in_range)

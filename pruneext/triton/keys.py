@@ -39,6 +39,14 @@ KEY_PLANS = {
     torch.bfloat16: KeyPlan(torch.int16, 0x7FFF, 0x7F80, False, _digits(15)),
 }
 
+# values dtype -> the kernels' float type (the mask ops' values_out)
+VALUE_TYPES = {
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+}
+
 # mask dtype -> (integer view, bits of the value 1 in that view)
 MASK_BITS = {
     torch.float32: (torch.int32, 0x3F800000),

@@ -10,30 +10,40 @@ from typing import List, Optional
 
 import torch
 
+from .._native import mask_outputs
 from .select import INTERPRET, l1_masks
 
 
-def _register(name):
+def _register(name, mutates_args=()):
     """Register `fn` as the op `name`; fn itself is the fake implementation
     (on fake tensors select.py allocates the outputs and launches nothing
     that runs)."""
 
     def wrap(fn):
         if not INTERPRET:
-            return torch.library.triton_op(name, fn, mutates_args=())
-        op = torch.library.custom_op(name, fn, mutates_args=())
+            return torch.library.triton_op(name, fn, mutates_args=mutates_args)
+        op = torch.library.custom_op(name, fn, mutates_args=mutates_args)
         op.register_fake(fn)
         return op
 
     return wrap
 
 
-@_register("pruneext::l1_mask_triton")
+# values / values_out: as the native ops' (csrc/ops.cpp), values_out written in place.
+@_register("pruneext::l1_mask_triton", mutates_args=("values_out",))
 def l1_mask_triton(
-    scores: torch.Tensor, k: int, default_mask: Optional[torch.Tensor] = None, among_alive: bool = False
+    scores: torch.Tensor,
+    k: int,
+    default_mask: Optional[torch.Tensor] = None,
+    among_alive: bool = False,
+    values: Optional[torch.Tensor] = None,
+    values_out: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """pruneext.ops.l1_mask on the Triton kernels."""
-    return l1_masks([scores], k, [default_mask], among_alive, "l1_mask")[0]
+    return l1_masks(
+        [scores], k, [default_mask], among_alive, "l1_mask",
+        None if values is None else [values], None if values_out is None else [values_out],
+    )[0]
 
 
 @_register("pruneext::l1_mask_global_triton")
@@ -44,10 +54,35 @@ def l1_mask_global_triton(
     return l1_masks(list(scores), k, list(default_masks), among_alive, "l1_mask_global")
 
 
+# l1_mask_global.into's counterpart (csrc/ops.cpp says why it returns nothing).
+@_register("pruneext::l1_mask_global_into_triton", mutates_args=("masks", "values_out"))
+def l1_mask_global_into_triton(
+    scores: List[torch.Tensor],
+    k: int,
+    default_masks: List[Optional[torch.Tensor]],
+    among_alive: bool,
+    masks: List[torch.Tensor],
+    values: List[torch.Tensor],
+    values_out: List[torch.Tensor],
+) -> None:
+    """l1_mask_global_triton writing into `masks`, and mask * values into
+    values_out (values empty: the scores)."""
+    l1_masks(
+        list(scores), k, list(default_masks), among_alive, "l1_mask_global.into",
+        list(values) or None, list(values_out), masks_out=list(masks),
+    )
+
+
 # The backend's functions (pruneext.backends.Backend).
-def l1_mask(scores, k, default_mask=None, among_alive=False):
-    return torch.ops.pruneext.l1_mask_triton(scores, k, default_mask, among_alive)
+def l1_mask(scores, k, default_mask=None, among_alive=False, values=None, values_out=None):
+    return torch.ops.pruneext.l1_mask_triton(scores, k, default_mask, among_alive, values, values_out)
 
 
-def l1_mask_global(scores, k, default_masks, among_alive=False):
-    return torch.ops.pruneext.l1_mask_global_triton(list(scores), k, list(default_masks or []), among_alive)
+def l1_mask_global(scores, k, default_masks, among_alive=False, values=None, values_out=None):
+    if values_out is None:
+        return torch.ops.pruneext.l1_mask_global_triton(list(scores), k, list(default_masks or []), among_alive)
+    masks = mask_outputs(scores, default_masks)
+    torch.ops.pruneext.l1_mask_global_into_triton(
+        list(scores), k, list(default_masks or []), among_alive, masks, list(values or []), list(values_out)
+    )
+    return masks

@@ -18,7 +18,8 @@ its tensors; a list usually is one group):
     count_ties_kernel per group    (keys == T per block, one shared buffer;
                                     reads nothing unless the cut splits them)
     torch.cumsum                   (exclusive scan of those counts, int64)
-    write_mask_kernel per group    (the mask, ties in flat / list order)
+    write_mask_kernel per group    (the mask, ties in flat / list order, and
+                                    the masked values where asked for)
 
 A LLaMA-7B-shaped list of 226 bf16 tensors: 8 launches (per tensor before
 the tables: 1,133). A traced graph launches per tensor (table.py says why).
@@ -36,11 +37,13 @@ import functools
 
 import torch
 import triton
+import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
+from .._reference import check_values
 from . import kernels, table, window
-from .keys import KEY_PLANS, MASK_BITS
+from .keys import KEY_PLANS, MASK_BITS, VALUE_TYPES
 
 # TRITON_INTERPRET=1 (read by @triton.jit when kernels.py was imported) makes
 # the kernels InterpretedFunctions: they run on CPU tensors, and cannot be traced.
@@ -99,7 +102,7 @@ class _Job:
     """One tensor of the list: integer views of its scores and default mask,
     its output, and where its blocks' tie counts go (in list order)."""
 
-    def __init__(self, scores, prev, among_alive, count_base):
+    def __init__(self, scores, prev, among_alive, count_base, values=None, values_out=None, out=None):
         self.n = scores.numel()
         self.bits = scores.contiguous().view(KEY_PLANS[scores.dtype].bits_dtype)
         self.prev = None if prev is None else prev.contiguous().view(MASK_BITS[prev.dtype][0])
@@ -109,13 +112,27 @@ class _Job:
         self.prev_one = MASK_BITS[prev.dtype][1] if self.filter else 1
         self.out_dtype = scores.dtype if prev is None else prev.dtype
         out_bits_dtype, self.out_one = MASK_BITS[self.out_dtype]
-        self.out = torch.empty(scores.shape, dtype=out_bits_dtype, device=scores.device)
+        # the caller's mask output (checked by _check_outputs), else a new one
+        self.out = (
+            torch.empty(scores.shape, dtype=out_bits_dtype, device=scores.device) if out is None
+            else out.view(out_bits_dtype)
+        )
         self.blocks = triton.cdiv(self.n, MASK_BLOCK)  # of the mask passes
         self.count_base = count_base
         # the default mask as the kernels take it: without one, never read
         self.key_prev = self.bits if self.prev is None else self.prev
+        # the masked values (checked by check_values), as integer views like
+        # the scores: written beside the mask
+        self.value_type = None if values_out is None else VALUE_TYPES[values_out.dtype]
+        value_bits = None if values_out is None else KEY_PLANS[values_out.dtype].bits_dtype
+        self.values = None if values_out is None else values.contiguous().view(value_bits)
+        self.values_out = None if values_out is None else values_out.view(value_bits)
         # what a table launch must share (table.Group): the kernels' constexprs
-        self.kind = (self.key_prev.dtype, self.filter, self.prev_one, self.prev is not None, self.out.dtype, self.out_one)
+        value_kind = None if values_out is None else values_out.dtype  # (the value type)
+        self.kind = (
+            self.key_prev.dtype, self.filter, self.prev_one, self.prev is not None, self.out.dtype, self.out_one,
+            value_kind,
+        )
 
     def key_consts(self, plan):
         return _key_consts(plan, self.prev_one, self.filter)
@@ -223,20 +240,45 @@ def _radix_passes(sources, plan, k, state, tracing, gate, from_k=True):
         )
 
 
-def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
+def _check_outputs(scores, masks, masks_out, op):
+    """l1_mask_global.into's mask outputs (csrc/l1_mask_common.h's
+    attach_masks, with its errors)."""
+    if len(masks_out) != len(scores):
+        raise RuntimeError(f"{op}: expected one mask output per score tensor, got {len(masks_out)} for {len(scores)} tensors")
+    for s, m, o in zip(scores, masks or [None] * len(scores), masks_out):
+        dtype = s.dtype if m is None else m.dtype
+        if o.shape != s.shape:
+            raise RuntimeError(f"{op}: mask output of shape {list(o.shape)} does not match scores of shape {list(s.shape)}")
+        if o.dtype != dtype:
+            raise TypeError(f"{op}: mask output of dtype {o.dtype}, expected {dtype} (the default mask's, else the scores')")
+        if o.device != s.device:
+            raise RuntimeError(f"{op}: mask output on {o.device} but scores on {s.device}")
+        if not o.is_contiguous():
+            raise RuntimeError(f"{op}: mask outputs must be contiguous (they are written in place)")
+
+
+def l1_masks(scores, k, masks, among_alive, op="l1_mask", values=None, values_out=None, masks_out=None):
     """The masks of the k smallest-|scores| entries of the list, ranked
-    together (see pruneext.ops for the semantics)."""
+    together (see pruneext.ops for the semantics), written into masks_out
+    where given; with values_out, each also gets mask * values written
+    beside its mask."""
     _check(scores, masks, k, op)
+    if masks_out is not None:
+        _check_outputs(scores, masks, masks_out, op)
+    values = check_values(scores, masks, values, values_out, op)
     if not scores:
         return []
     masks = list(masks) if masks else [None] * len(scores)
+    values = values or [None] * len(scores)
+    values_out = list(values_out) if values_out is not None else [None] * len(scores)
+    masks_out = masks_out or [None] * len(scores)
     plan = KEY_PLANS[scores[0].dtype]
     device = scores[0].device
     tracing = any(is_fake(t) for t in scores)  # fake propagation / torch.compile tracing
 
     jobs, blocks = [], 0
-    for s, m in zip(scores, masks):
-        jobs.append(_Job(s, m, among_alive, blocks))
+    for s, m, v, o, mo in zip(scores, masks, values, values_out, masks_out):
+        jobs.append(_Job(s, m, among_alive, blocks, v, o, mo))
         blocks += jobs[-1].blocks
     live = [j for j in jobs if j.n > 0]
     filters = any(j.filter for j in jobs)
@@ -269,10 +311,14 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask"):
         else:
             ties_before = counts
         for g in groups:
+            has_values = g.values_out is not None
             _launch(
                 kernels.write_mask_kernel, (g.block_count(table.MASK, MASK_BLOCK),),
                 *g.args(), g.out, state, ties_before, g.count_base,
-                HAS_PREV=g.has_prev, OUT_ONE=g.out_one, BLOCK=MASK_BLOCK, tracing=tracing, **g.key_consts(plan),
+                g.values if has_values else g.bits, g.values_out if has_values else g.out,
+                HAS_PREV=g.has_prev, OUT_ONE=g.out_one, VALUES=has_values,
+                VALUE_TYPE=g.jobs[0].value_type if has_values else tl.float32,
+                BLOCK=MASK_BLOCK, tracing=tracing, **g.key_consts(plan),
             )
     if filters and k > 0 and not tracing:
         total = int(state[kernels.TOTAL])  # the one host sync

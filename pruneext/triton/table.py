@@ -5,7 +5,7 @@ tensor (a LLaMA-shaped list has a few hundred tensors; the launches, not the
 bytes, would bound the call). A group is the tensors that share every
 constexpr of the kernels (the kind of default mask and of output; the score
 dtype is the list's). Its kernels read the tensors through a table in device
-memory, one row of 9 int64 per tensor, in list order:
+memory, one row of 11 int64 per tensor, in list order:
 
     0 BITS   address of the scores (their integer view)
     1 PREV   address of the default mask (the scores' when there is none)
@@ -16,6 +16,9 @@ memory, one row of 9 int64 per tensor, in list order:
              its own block size)
     8 SLOT   its first tie count, counted over the whole list (the scan of
              the tie counts runs in list order across the groups)
+    9 VALUES address of the values the mask multiplies (the scores' when
+             the call has none; see the mask ops' values_out)
+   10 VOUT   address of their masked output (the output mask's when none)
 
 and a closing row whose columns 4..7 hold the group's totals. Building it
 is one loop over the tensors and one small host-to-device copy (no sync).
@@ -26,7 +29,7 @@ mutation analysis), is handed to the kernels directly instead.
 import torch
 import triton
 
-WIDTH = 9
+WIDTH = 11
 ENTRY, HIST, WINDOW, MASK = 4, 5, 6, 7  # the columns of first entries / blocks
 
 
@@ -41,6 +44,9 @@ class Group:
         first = jobs[0]
         self.n = sum(job.n for job in jobs)
         self.bits, self.prev, self.out = first.bits, first.key_prev, first.out
+        # the masked values (select._Job; other jobs have none)
+        self.values = getattr(first, "values", None)
+        self.values_out = getattr(first, "values_out", None)
         self.has_prev, self.out_one = first.prev is not None, first.out_one
         self.count_base = first.count_base
         self.blocks = {col: sum(triton.cdiv(job.n, size) for job in jobs) for col, size in blocks.items()}
@@ -51,14 +57,17 @@ class Group:
             return
         rows, begins = [], dict.fromkeys((ENTRY, *blocks), 0)
         for job in jobs:
+            values, values_out = getattr(job, "values", None), getattr(job, "values_out", None)
             rows.append([
                 job.bits.data_ptr(), job.key_prev.data_ptr(), job.out.data_ptr(), job.n,
                 *(begins[col] for col in (ENTRY, HIST, WINDOW, MASK)), job.count_base,
+                (job.bits if values is None else values).data_ptr(),
+                (job.out if values_out is None else values_out).data_ptr(),
             ])
             begins[ENTRY] += job.n
             for col, size in blocks.items():
                 begins[col] += triton.cdiv(job.n, size)
-        rows.append([0, 0, 0, 0, *(begins[col] for col in (ENTRY, HIST, WINDOW, MASK)), 0])
+        rows.append([0, 0, 0, 0, *(begins[col] for col in (ENTRY, HIST, WINDOW, MASK)), 0, 0, 0])
         # From pageable memory a non-blocking copy is staged at once: no sync.
         self.table = torch.tensor(rows, dtype=torch.int64).to(device, non_blocking=True)
         self.rows, self.steps = len(jobs), (len(jobs) - 1).bit_length()
