@@ -48,6 +48,7 @@
 #include "../l1_bits_common.h"
 #include "l1_mask_host.cuh"
 #include "l1_mask_kernels.cuh"
+#include "l1_tie_shares.cuh"
 
 namespace pruneext {
 namespace cuda {
@@ -67,23 +68,6 @@ struct BitTile {
 
 constexpr int kShareBlock = 512;
 constexpr int kShareItems = 8;
-
-// Tie budgets per tensor, clamped to [0, numel]: one in the kernel
-// arguments, a list in device memory, as Descs.
-struct Budgets {
-  const int64_t* list;
-  int64_t one;
-};
-
-__device__ __forceinline__ int64_t budget_of(const Budgets& b, int n, int j) {
-  return n == 1 ? b.one : b.list[j];
-}
-
-// Only a budget strictly between 0 and the tensor's size needs its ties
-// ranked: 0 takes none, numel every one.
-__host__ __device__ __forceinline__ bool partial_budget(int64_t budget, int64_t numel) {
-  return budget > 0 && budget < numel;
-}
 
 // The descriptor fields as these ops use them: scores and out are the
 // values (read, and written in place), prev the mask bytes. Prune writes
@@ -415,9 +399,7 @@ __global__ void __launch_bounds__(BitTile<typename Traits::key_t>::kBlock) tie_c
 __global__ void __launch_bounds__(kShareBlock) tie_share_kernel(
     const Descs descs, const Budgets budgets, int64_t tile, const unsigned* __restrict__ tile_eq,
     unsigned* __restrict__ tile_share) {
-  using Scan = cub::BlockScan<ull, kShareBlock>;
-  __shared__ typename Scan::TempStorage temp;
-  const int tid = static_cast<int>(threadIdx.x);
+  __shared__ typename cub::BlockScan<ull, kShareBlock>::TempStorage temp;
   for (int j = static_cast<int>(blockIdx.x); j < descs.n; j += static_cast<int>(gridDim.x)) {
     const TensorDesc d = descs.n == 1 ? descs.one : descs.list[j];
     const int64_t budget = budget_of(budgets, descs.n, j);
@@ -425,33 +407,8 @@ __global__ void __launch_bounds__(kShareBlock) tie_share_kernel(
       continue;  // uniform
     }
     const int64_t t0 = d.tile_begin;
-    const int64_t nt = (d.numel + tile - 1) / tile;
-    const ull want = static_cast<ull>(budget);
-    ull carry = 0;  // ties in the tiles before this round
-    for (int64_t round = 0; round < nt; round += static_cast<int64_t>(kShareBlock) * kShareItems) {
-      const int64_t b0 = round + static_cast<int64_t>(tid) * kShareItems;
-      unsigned c[kShareItems];
-      ull sum = 0;
-#pragma unroll
-      for (int i = 0; i < kShareItems; ++i) {
-        c[i] = b0 + i < nt ? tile_eq[t0 + b0 + i] : 0u;
-        sum += c[i];
-      }
-      ull excl = 0;
-      ull agg = 0;
-      Scan(temp).ExclusiveSum(sum, excl, agg);
-      ull before = carry + excl;
-#pragma unroll
-      for (int i = 0; i < kShareItems; ++i) {
-        if (b0 + i < nt) {
-          const ull left = want > before ? want - before : 0ull;
-          tile_share[t0 + b0 + i] = static_cast<unsigned>(left < c[i] ? left : c[i]);
-          before += c[i];
-        }
-      }
-      carry += agg;  // uniform
-      __syncthreads();  // temp is reused next round
-    }
+    scan_tile_shares<kShareBlock, kShareItems>(
+        temp, tile_eq + t0, (d.numel + tile - 1) / tile, static_cast<ull>(budget), tile_share + t0);
   }
 }
 

@@ -30,6 +30,7 @@
 #include "../l1_mask_common.h"
 #include "l1_mask_host.cuh"
 #include "l1_mask_kernels.cuh"
+#include "l1_tie_shares.cuh"
 
 namespace pruneext {
 namespace cuda {
@@ -38,23 +39,6 @@ namespace {
 // A tile's share meaning every one of its ties (the tensor's budget covers
 // all of its entries); 0 means none.
 constexpr unsigned kAllTies = 0xFFFFFFFFu;
-
-// Tie budgets per tensor, clamped to [0, numel] (PhaseOps): one in the
-// kernel arguments, a list in device memory, as Descs.
-struct Budgets {
-  const int64_t* list;
-  int64_t one;
-};
-
-__device__ __forceinline__ int64_t budget_of(const Budgets& b, int n, int j) {
-  return n == 1 ? b.one : b.list[j];
-}
-
-// Only a budget strictly between 0 and the tensor's size needs its ties
-// counted: 0 takes none, numel every one.
-__device__ __forceinline__ bool partial_budget(int64_t budget, int64_t numel) {
-  return budget > 0 && budget < numel;
-}
 
 // Per tile: the alive keys == T (tile_eq). With gate, only the tiles of the
 // tensors whose budget is partial are counted (the others are not read and
@@ -91,9 +75,7 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock
 __global__ void __launch_bounds__(kSelectBlock) tensor_ties_kernel(
     const Descs descs, int64_t tile, const unsigned* __restrict__ tile_eq, const Budgets budgets,
     int64_t* __restrict__ counts, unsigned* __restrict__ tile_share) {
-  constexpr int IPT = 8;
-  using Scan = cub::BlockScan<ull, kSelectBlock>;
-  __shared__ typename Scan::TempStorage temp;
+  __shared__ typename cub::BlockScan<ull, kSelectBlock>::TempStorage temp;
   const int tid = static_cast<int>(threadIdx.x);
   for (int j = static_cast<int>(blockIdx.x); j < descs.n; j += static_cast<int>(gridDim.x)) {
     const TensorDesc d = descs.n == 1 ? descs.one : descs.list[j];
@@ -107,36 +89,10 @@ __global__ void __launch_bounds__(kSelectBlock) tensor_ties_kernel(
       }
       continue;
     }
-    const ull want = static_cast<ull>(budget);
-    ull carry = 0;  // ties in the tiles before this round
-    for (int64_t round = 0; round < nt; round += static_cast<int64_t>(kSelectBlock) * IPT) {
-      const int64_t b0 = round + static_cast<int64_t>(tid) * IPT;
-      unsigned c[IPT];
-      ull sum = 0;
-#pragma unroll
-      for (int i = 0; i < IPT; ++i) {
-        c[i] = b0 + i < nt ? tile_eq[t0 + b0 + i] : 0u;
-        sum += c[i];
-      }
-      ull excl = 0;
-      ull agg = 0;
-      Scan(temp).ExclusiveSum(sum, excl, agg);
-      if (tile_share != nullptr) {
-        ull before = carry + excl;
-#pragma unroll
-        for (int i = 0; i < IPT; ++i) {
-          if (b0 + i < nt) {
-            const ull left = want > before ? want - before : 0ull;
-            tile_share[t0 + b0 + i] = static_cast<unsigned>(left < c[i] ? left : c[i]);
-            before += c[i];
-          }
-        }
-      }
-      carry += agg;  // uniform
-      __syncthreads();  // temp is reused next round
-    }
+    const unsigned long long total = scan_tile_shares<kSelectBlock, 8>(
+        temp, tile_eq + t0, nt, static_cast<ull>(budget), tile_share == nullptr ? nullptr : tile_share + t0);
     if (counts != nullptr && tid == 0) {
-      counts[j] = static_cast<int64_t>(carry);
+      counts[j] = static_cast<int64_t>(total);
     }
   }
 }
