@@ -79,8 +79,10 @@ TORCH_LIBRARY(pruneext, m) {
   // one process (select_loop) that writes the masks itself: int64 [T,
   // below, equal, equal_0, ..., equal_{n-1}], the k-th smallest alive key T,
   // the alive entries of key < T, those of key == T, and those of key == T
-  // in each tensor (counted on the select's candidates, where it kept them;
-  // all 0 for k = 0). k must not exceed the alive entries. Only some
+  // in each tensor where k splits them (0 < k - below < equal), else 0: only
+  // a split needs them (otherwise each tensor's budget is all of its ties
+  // or none), and they cost a pass where the select kept no candidates.
+  // All 0 for k = 0. k must not exceed the alive entries. Only some
   // backends have it (the driver runs the histogram passes elsewhere).
   m.def(
       "l1_select_threshold(Tensor[] scores, Tensor?[] default_masks, bool among_alive, "

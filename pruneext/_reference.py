@@ -362,7 +362,8 @@ def select_threshold(scores, default_masks, among_alive, k):
         raise RuntimeError(f"l1_select_threshold: k={k} exceeds the {keys.numel()} entries that can be pruned")
     threshold = int(torch.kthvalue(keys, k).values)
     found = [threshold, int((keys < threshold).sum()), int((keys == threshold).sum())]
-    found += [int((part == threshold).sum()) for part in parts]
+    split = 0 < k - found[1] < found[2]  # only then the per-tensor counts (csrc/ops.cpp)
+    found += [int((part == threshold).sum()) if split else 0 for part in parts]
     return torch.tensor(found, dtype=torch.int64, device=device)
 
 

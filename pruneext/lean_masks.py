@@ -133,11 +133,14 @@ class _ZeroedWeights:
             return None
         p = int(self.pruned.sum())
         found = self.phases.select_threshold(self.scores, self.none, False, k + p).cpu()
+        # (k + p among all splits the keys == T exactly when k among the alive does)
+        split = 0 < k + p - int(found[1]) < int(found[2])
         if int(found[0]) > 0:
             found[1] -= p
         else:
             found[2] -= p
-            found[3:] -= self.pruned
+            if split:  # (else the per-tensor counts are 0)
+                found[3:] -= self.pruned
         return found
 
     def count_equal(self, threshold):

@@ -262,6 +262,35 @@ def test_window_misses_fall_back(device, monkeypatch, window_outcomes):
     assert window_outcomes == [0] * 9
 
 
+@pytest.mark.parametrize("dtype", SCORE_DTYPES, ids=str)
+@pytest.mark.parametrize("among_alive", [False, True])
+def test_select_threshold_matches_reference(device, dtype, among_alive, monkeypatch, window_outcomes):
+    """l1_select_threshold (the select without its write) against the
+    reference, on the sampled window's hits (spread data) and misses (a
+    window forced below every key), and on heavy ties split across blocks
+    and tensors (the per-tensor counts)."""
+    from pruneext.triton import ops as triton_ops
+
+    spread = distinct_magnitudes(1000, dtype=dtype, seed=3)
+    tied = scores_with_ties(1500, dtype, seed=6)
+    for xs in ([spread[:400], torch.empty(0, dtype=dtype), spread[400:]], [tied[:700], tied[700:]]):
+        masks = [mask_values(x.numel(), torch.bool, seed=x.numel()) for x in xs]
+        alive = alive_count(masks, xs, among_alive)
+        for k in (0, 1, alive // 2, alive):
+            want = _reference.select_threshold(xs, masks, among_alive, k)
+            got = triton_ops.select_threshold([x.to(device) for x in xs], [m.to(device) for m in masks], among_alive, k)
+            assert got.cpu().tolist() == want.tolist(), (k, got, want)
+    assert 1 in window_outcomes
+    with monkeypatch.context() as m:
+        m.setattr(triton_window, "bounds", lambda *args: torch.tensor([0, 0], device=device))
+        k = alive // 2
+        got = triton_ops.select_threshold([x.to(device) for x in xs], [m.to(device) for m in masks], among_alive, k)
+        assert got.cpu().tolist() == _reference.select_threshold(xs, masks, among_alive, k).tolist()
+    assert window_outcomes[-1] == 0
+    with pytest.raises(RuntimeError, match="exceeds"):
+        triton_ops.select_threshold([x.to(device) for x in xs], [m.to(device) for m in masks], among_alive, alive + 1)
+
+
 def test_window_with_k_past_the_entries(device):
     # among_alive defers the check of k to the device count: the window must
     # survive a k beyond every entry, and the op raise as the others do.

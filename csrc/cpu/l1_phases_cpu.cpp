@@ -106,6 +106,10 @@ at::Tensor l1_select_threshold(
       found[0] = static_cast<int64_t>(f.threshold);
       found[1] = f.below;
       found[2] = f.equal;
+      const int64_t ties_taken = k - f.below;
+      if (ties_taken <= 0 || ties_taken >= f.equal) {
+        return;  // every tensor takes all of its ties, or none: no counts needed
+      }
       // on the candidates when the select compacted them: no full read
       const auto ties = select.count_ties(static_cast<key_t>(f.threshold), [](int64_t) { return true; });
       const auto& items = select.items();

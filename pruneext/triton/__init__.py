@@ -34,7 +34,9 @@ if torch.cuda.is_available() or INTERPRET:
             l1_mask_global=ops.l1_mask_global,
             score_dtypes=frozenset(KEY_PLANS),
             mask_dtypes=frozenset(MASK_BITS),
-            phases=backends.Phases(phases.key_histogram_op, phases.count_equal_op, phases.mask_write_op),
+            phases=backends.Phases(
+                phases.key_histogram_op, phases.count_equal_op, phases.mask_write_op, ops.select_threshold
+            ),
             bits=backends.BitOps(bits.bits_prune, bits.bits_apply),
         )
     )

@@ -11,7 +11,7 @@ from typing import List, Optional
 import torch
 
 from .._native import mask_outputs
-from .select import INTERPRET, l1_masks
+from .select import INTERPRET, l1_masks, l1_threshold
 
 
 def _register(name, mutates_args=()):
@@ -73,6 +73,17 @@ def l1_mask_global_into_triton(
     )
 
 
+# The fused select's threshold without its write (a phase op, see
+# csrc/ops.cpp): what select_loop runs in one process instead of the
+# histogram passes.
+@_register("pruneext::l1_select_threshold_triton")
+def l1_select_threshold_triton(
+    scores: List[torch.Tensor], default_masks: List[Optional[torch.Tensor]], among_alive: bool, k: int
+) -> torch.Tensor:
+    """[T, below, equal, equal per tensor] on the Triton kernels."""
+    return l1_threshold(list(scores), list(default_masks), among_alive, k)
+
+
 # The backend's functions (pruneext.backends.Backend).
 def l1_mask(scores, k, default_mask=None, among_alive=False, values=None, values_out=None):
     return torch.ops.pruneext.l1_mask_triton(scores, k, default_mask, among_alive, values, values_out)
@@ -86,3 +97,7 @@ def l1_mask_global(scores, k, default_masks, among_alive=False, values=None, val
         list(scores), k, list(default_masks or []), among_alive, masks, list(values or []), list(values_out)
     )
     return masks
+
+
+def select_threshold(scores, default_masks, among_alive, k):
+    return torch.ops.pruneext.l1_select_threshold_triton(list(scores), list(default_masks), among_alive, k)

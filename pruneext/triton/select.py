@@ -102,7 +102,7 @@ class _Job:
     """One tensor of the list: integer views of its scores and default mask,
     its output, and where its blocks' tie counts go (in list order)."""
 
-    def __init__(self, scores, prev, among_alive, count_base, values=None, values_out=None, out=None):
+    def __init__(self, scores, prev, among_alive, count_base, values=None, values_out=None, out=None, allocate=True):
         self.n = scores.numel()
         self.bits = scores.contiguous().view(KEY_PLANS[scores.dtype].bits_dtype)
         self.prev = None if prev is None else prev.contiguous().view(MASK_BITS[prev.dtype][0])
@@ -113,10 +113,10 @@ class _Job:
         self.out_dtype = scores.dtype if prev is None else prev.dtype
         out_bits_dtype, self.out_one = MASK_BITS[self.out_dtype]
         # the caller's mask output (checked by _check_outputs), else a new one
-        self.out = (
-            torch.empty(scores.shape, dtype=out_bits_dtype, device=scores.device) if out is None
-            else out.view(out_bits_dtype)
-        )
+        # (none for a call that writes no mask: the kernels it runs never
+        # touch the output)
+        shape = scores.shape if allocate else (0,)
+        self.out = torch.empty(shape, dtype=out_bits_dtype, device=scores.device) if out is None else out.view(out_bits_dtype)
         self.blocks = triton.cdiv(self.n, MASK_BLOCK)  # of the mask passes
         self.count_base = count_base
         # the default mask as the kernels take it: without one, never read
@@ -276,40 +276,13 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask", values=None, values_ou
     device = scores[0].device
     tracing = any(is_fake(t) for t in scores)  # fake propagation / torch.compile tracing
 
-    jobs, blocks = [], 0
-    for s, m, v, o, mo in zip(scores, masks, values, values_out, masks_out):
-        jobs.append(_Job(s, m, among_alive, blocks, v, o, mo))
-        blocks += jobs[-1].blocks
-    live = [j for j in jobs if j.n > 0]
-    filters = any(j.filter for j in jobs)
-    if not filters:  # every entry is eligible: refuse an impossible k now
-        total = sum(j.n for j in jobs)
-        if k > total:
-            raise RuntimeError(f"{op}: k={k} exceeds the {total} entries that can be pruned")
-
+    jobs, blocks, live, filters = _jobs(
+        scores, k, op,
+        lambda i, base: _Job(scores[i], masks[i], among_alive, base, values[i], values_out[i], masks_out[i]),
+    )
     with _device_guard(device, tracing):
-        blocks_of = {table.HIST: _hist_block(plan), table.WINDOW: WINDOW_BLOCK, table.MASK: MASK_BLOCK}
-        groups = table.groups(live, blocks_of, device, tracing)
-        state = torch.zeros(kernels.STATE_SIZE, dtype=torch.int64, device=device)
-        counts = torch.zeros(max(blocks, 1), dtype=torch.int64, device=device)
-        if k > 0 and live:
-            entries = sum(j.n for j in live)
-            if entries >= WINDOW_MIN:
-                cands = _Candidates(plan, window.capacity(entries), device)
-                _window_pass(groups, plan, k, entries, cands, state, tracing)
-                _radix_passes([cands], plan, k, state, tracing, kernels.ON_HIT, from_k=False)
-                _radix_passes(groups, plan, k, state, tracing, kernels.ON_MISS)
-            else:
-                _radix_passes(groups, plan, k, state, tracing, kernels.ALWAYS)
-            for g in groups:
-                _launch(
-                    kernels.count_ties_kernel, (min(g.block_count(table.MASK, MASK_BLOCK), MAX_PROGRAMS),),
-                    *g.args(), state, counts, g.count_base,
-                    BLOCK=MASK_BLOCK, tracing=tracing, **g.key_consts(plan),
-                )
-            ties_before = torch.cumsum(counts, 0) - counts
-        else:
-            ties_before = counts
+        groups, state, counts = _select(live, blocks, plan, k, device, tracing)
+        ties_before = torch.cumsum(counts, 0) - counts if k > 0 and live else counts
         for g in groups:
             has_values = g.values_out is not None
             _launch(
@@ -320,8 +293,85 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask", values=None, values_ou
                 VALUE_TYPE=g.jobs[0].value_type if has_values else tl.float32,
                 BLOCK=MASK_BLOCK, tracing=tracing, **g.key_consts(plan),
             )
-    if filters and k > 0 and not tracing:
-        total = int(state[kernels.TOTAL])  # the one host sync
+    _check_total(state, k, filters, tracing, op)
+    return [job.result() for job in jobs]
+
+
+def _jobs(scores, k, op, make):
+    """The list's jobs (make(i, count_base): the _Job of scores[i]), the
+    mask blocks they span, the non-empty ones, and whether a default mask
+    filters; an impossible k is refused here where no mask filters."""
+    jobs, blocks = [], 0
+    for i in range(len(scores)):
+        jobs.append(make(i, blocks))
+        blocks += jobs[-1].blocks
+    live = [j for j in jobs if j.n > 0]
+    filters = any(j.filter for j in jobs)
+    if not filters:  # every entry is eligible: refuse an impossible k now
+        total = sum(j.n for j in jobs)
         if k > total:
             raise RuntimeError(f"{op}: k={k} exceeds the {total} entries that can be pruned")
-    return [job.result() for job in jobs]
+    return jobs, blocks, live, filters
+
+
+def _select(live, blocks, plan, k, device, tracing):
+    """The selection over the non-empty jobs: (their groups, the state with
+    T = state[PREFIX], and the keys == T of every mask block, counted only
+    where k splits them)."""
+    blocks_of = {table.HIST: _hist_block(plan), table.WINDOW: WINDOW_BLOCK, table.MASK: MASK_BLOCK}
+    groups = table.groups(live, blocks_of, device, tracing)
+    state = torch.zeros(kernels.STATE_SIZE, dtype=torch.int64, device=device)
+    counts = torch.zeros(max(blocks, 1), dtype=torch.int64, device=device)
+    if k > 0 and live:
+        entries = sum(j.n for j in live)
+        if entries >= WINDOW_MIN:
+            cands = _Candidates(plan, window.capacity(entries), device)
+            _window_pass(groups, plan, k, entries, cands, state, tracing)
+            _radix_passes([cands], plan, k, state, tracing, kernels.ON_HIT, from_k=False)
+            _radix_passes(groups, plan, k, state, tracing, kernels.ON_MISS)
+        else:
+            _radix_passes(groups, plan, k, state, tracing, kernels.ALWAYS)
+        for g in groups:
+            _launch(
+                kernels.count_ties_kernel, (min(g.block_count(table.MASK, MASK_BLOCK), MAX_PROGRAMS),),
+                *g.args(), state, counts, g.count_base,
+                BLOCK=MASK_BLOCK, tracing=tracing, **g.key_consts(plan),
+            )
+    return groups, state, counts
+
+
+def _check_total(state, k, filters, tracing, op):
+    """Refuse k > the alive count where only the device knows that count
+    (a default mask filters): the one host sync, after every launch, and
+    only in eager mode (a traced graph cannot raise)."""
+    if filters and k > 0 and not tracing:
+        total = int(state[kernels.TOTAL])
+        if k > total:
+            raise RuntimeError(f"{op}: k={k} exceeds the {total} entries that can be pruned")
+
+
+def l1_threshold(scores, masks, among_alive, k, op="l1_select_threshold"):
+    """The selection without its write (csrc/ops.cpp, l1_select_threshold):
+    int64 [T, below, equal, equal per tensor], the last counted only where k
+    splits the keys == T (count_ties_kernel reads nothing otherwise)."""
+    _check(scores, masks, k, op)
+    device = scores[0].device if scores else torch.device("cpu")
+    if not scores or k == 0:
+        return torch.zeros(3 + len(scores), dtype=torch.int64, device=device)
+    masks = list(masks) if masks else [None] * len(scores)
+    plan = KEY_PLANS[scores[0].dtype]
+    tracing = any(is_fake(t) for t in scores)
+    # (no outputs: a job's mask output is never written, so it is not allocated)
+    jobs, blocks, live, filters = _jobs(
+        scores, k, op, lambda i, base: _Job(scores[i], masks[i], among_alive, base, allocate=False)
+    )
+    with _device_guard(device, tracing):
+        _, state, counts = _select(live, blocks, plan, k, device, tracing)
+        # each job's blocks are consecutive from its count_base: sums by a
+        # cumulative sum read at the jobs' ends
+        ends = torch.tensor([j.count_base + j.blocks for j in jobs], dtype=torch.int64, device=device)
+        starts = torch.tensor([j.count_base for j in jobs], dtype=torch.int64, device=device)
+        cum = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        found = torch.cat([state[[kernels.PREFIX, kernels.BELOW, kernels.IN_BIN]], cum[ends] - cum[starts]])
+    _check_total(state, k, filters, tracing, op)
+    return found
