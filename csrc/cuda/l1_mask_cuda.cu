@@ -84,7 +84,55 @@ class CudaSelect {
  public:
   explicit CudaSelect(MaskProblem& p) : p_(p), stream_(c10::cuda::getCurrentCUDAStream()) {}
 
+  // l1_mask / l1_mask_global: the selection, then the mask pass.
   void run() {
+    if (select()) {
+      launch_mask(state(), /*select_none=*/false);
+      check_alive();
+    } else if (n_total_ > 0) {  // k == 0
+      launch_mask(nullptr, /*select_none=*/true);
+    }
+  }
+
+  // l1_select_threshold: the selection without the mask pass, as int64 [T,
+  // below, equal, equal per tensor] on the device (no sync, except the alive
+  // check); the per-tensor counts are the tile counts of the ties summed per
+  // tensor where the ties split (the tie kernels count only then), else 0.
+  at::Tensor threshold() {
+    const auto device = p_.jobs[0].scores.device();
+    const auto n = static_cast<int64_t>(p_.jobs.size());
+    const auto longs = at::TensorOptions().dtype(at::kLong).device(device);
+    if (!select()) {
+      return at::zeros({3 + n}, longs);
+    }
+    auto word = [&](size_t offset) { return ws_[static_cast<int64_t>(offset / sizeof(ull))]; };
+    std::vector<int64_t> bounds;  // each tensor's first tile, then the end
+    bounds.reserve(p_.jobs.size() + 1);
+    int64_t tiles = 0;
+    for (const auto& job : p_.jobs) {
+      bounds.push_back(tiles);
+      tiles += ceil_div(job.scores.numel(), kTile);
+    }
+    bounds.push_back(tiles);
+    const auto at_bounds = at::tensor(bounds, at::TensorOptions().dtype(at::kLong)).to(device, /*non_blocking=*/true);
+    const auto cum = at::cat({at::zeros({1}, longs), tile_eq_.to(at::kLong).cumsum(0)});
+    const auto per_tensor = (cum.index_select(0, at_bounds.narrow(0, 1, n)) -
+                             cum.index_select(0, at_bounds.narrow(0, 0, n))) *
+                            word(offsetof(DevState, split));
+    auto found = at::cat(
+        {at::stack(
+             {word(offsetof(DevState, threshold)), word(offsetof(DevState, count_lt)),
+              word(offsetof(DevState, bucket_count))}),
+         per_tensor});
+    check_alive();
+    return found;
+  }
+
+ private:
+  // The radix select up to the tie counts (ws_ holds the state, tile_eq_
+  // the counts where the ties split). False where nothing is to select:
+  // no entries, or k == 0 (then only the descriptors are set).
+  bool select() {
     const auto device = p_.jobs[0].scores.device();
     const cuda::DescList list = cuda::describe(p_, kTile);
     total_tiles_ = list.total_tiles;
@@ -106,7 +154,7 @@ class CudaSelect {
           " entries that can be pruned");
     }
     if (n_total_ == 0) {
-      return;
+      return false;
     }
     descs_ = cuda::upload(list, device, descs_t_);
     const auto byte_opts = at::TensorOptions().dtype(at::kByte).device(device);
@@ -114,9 +162,9 @@ class CudaSelect {
     mask_width_ = static_cast<int>(c10::elementSize(p_.mask_dtype));
     one_bits_ = mask_one_bits(p_.mask_dtype);
 
+    device_alive_ = device_alive;
     if (p_.k == 0) {
-      launch_mask(nullptr, /*select_none=*/true);
-      return;
+      return false;
     }
 
     // Digits and workspace layout: [state][sample hist][hist of each digit].
@@ -141,8 +189,8 @@ class CudaSelect {
         shift -= bits;
       }
     }
-    auto ws = at::zeros({words}, at::TensorOptions().dtype(at::kLong).device(device));
-    auto* ws_words = reinterpret_cast<ull*>(ws.data_ptr());
+    ws_ = at::zeros({words}, at::TensorOptions().dtype(at::kLong).device(device));
+    auto* ws_words = reinterpret_cast<ull*>(ws_.data_ptr());
     auto* st = reinterpret_cast<DevState*>(ws_words);
 
     at::Tensor cands;
@@ -179,8 +227,8 @@ class CudaSelect {
     }
 
     // Ties: both kernels return at once unless the keys == T are split.
-    auto tile_eq = at::empty({total_tiles_}, at::TensorOptions().dtype(at::kInt).device(device));
-    auto* tile_eq_ptr = reinterpret_cast<unsigned*>(tile_eq.data_ptr());
+    tile_eq_ = at::empty({total_tiles_}, at::TensorOptions().dtype(at::kInt).device(device));
+    auto* tile_eq_ptr = reinterpret_cast<unsigned*>(tile_eq_.data_ptr());
     {
       auto kernel = cuda::eq_count_kernel<Traits>;
       const int64_t grid = wave_blocks(kernel, Cfg::kMaskBlock, 0, total_tiles_);
@@ -191,19 +239,23 @@ class CudaSelect {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
 
-    launch_mask(st, /*select_none=*/false);
+    return true;
+  }
 
-    if (device_alive) {
-      // The one host sync: the count of prunable entries.
+  DevState* state() { return reinterpret_cast<DevState*>(ws_.data_ptr()); }
+
+  // Where only the device counts the prunable entries (among_alive with a
+  // default mask): the one host sync, after every launch.
+  void check_alive() {
+    if (device_alive_) {
       constexpr int64_t kAliveWord = offsetof(DevState, alive) / sizeof(ull);
-      const int64_t alive = ws[kAliveWord].item<int64_t>();
+      const int64_t alive = ws_[kAliveWord].item<int64_t>();
       TORCH_CHECK(
           p_.k <= alive, "l1_mask: k=", p_.k, " exceeds the ", alive,
           " entries that can be pruned");
     }
   }
 
- private:
   void launch_hist(
       DevState* st, ull* hist, void* cands, int64_t tiles_visit, int64_t stride, int shift,
       int bits, bool filter, bool sample) {
@@ -264,6 +316,9 @@ class CudaSelect {
 
   MaskProblem& p_;
   cudaStream_t stream_;
+  at::Tensor ws_;       // [state][sample hist][hist of each digit]
+  at::Tensor tile_eq_;  // per tile: its keys == T, where the ties split
+  bool device_alive_ = false;
   at::Tensor descs_t_;
   cuda::Descs descs_{};
   int64_t total_tiles_ = 0;
@@ -272,6 +327,24 @@ class CudaSelect {
   int mask_width_ = 0;
   uint64_t one_bits_ = 0;
 };
+
+at::Tensor l1_select_threshold_cuda(
+    at::TensorList scores,
+    const c10::List<std::optional<at::Tensor>>& default_masks,
+    bool among_alive,
+    int64_t k) {
+  auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, "l1_select_threshold", false);
+  if (p.jobs.empty()) {
+    return at::zeros({3}, at::TensorOptions().dtype(at::kLong));
+  }
+  const c10::cuda::CUDAGuard guard(p.jobs[0].scores.device());
+  at::Tensor found;
+  PRUNEEXT_DISPATCH_SCORES(p.score_dtype, "l1_select_threshold", [&] {
+    using Traits = typename KeyOf<scalar_t>::type;
+    found = CudaSelect<Traits>(p).threshold();
+  });
+  return found;
+}
 
 void run_cuda(MaskProblem& p) {
   if (p.jobs.empty()) {
@@ -292,6 +365,7 @@ TORCH_LIBRARY_IMPL(pruneext, CUDA, m) {
   m.impl("l1_mask", &MaskOps<run_cuda>::l1_mask);
   m.impl("l1_mask_global", &MaskOps<run_cuda>::l1_mask_global);
   m.impl("l1_mask_global.into", &MaskOps<run_cuda>::l1_mask_global_into);
+  m.impl("l1_select_threshold", &l1_select_threshold_cuda);
 }
 
 }  // namespace pruneext
