@@ -70,6 +70,10 @@ def _values_args(scores, values, values_out):
     if values is None:
         values = scores
     _check_tensor(values, "values")
+    for t, what in ((values, "values"), (values_out, "values_out")):
+        # before dispatch: a meta tensor among the arguments would pick the fake
+        if t.device != scores.device:
+            raise RuntimeError(f"{what} on {t.device} but scores on {scores.device}")
     return values.detach(), values_out.detach()
 
 

@@ -112,6 +112,18 @@ def test_opcheck(device, dtype):
         (torch.ops.pruneext.l1_mask.default, (x, alive // 2, mask, True)),
         (torch.ops.pruneext.l1_mask.default, (x.t(), 5, mask.t(), False)),
         (torch.ops.pruneext.l1_mask_global.default, ([x, x[:3]], 200, [mask, None], True)),
+        # the outputs as parameters: the masked values, and the global .into
+        (torch.ops.pruneext.l1_mask.default, (x, alive // 2, mask, True, None, torch.empty_like(x))),
+        (torch.ops.pruneext.l1_mask.default, (x, 50, None, False, x.flip(0), torch.empty_like(x))),
+        (
+            torch.ops.pruneext.l1_mask_global.into,
+            ([x, x[:3]], 200, [mask, None], True, [torch.empty_like(mask), torch.empty_like(x[:3])]),
+        ),
+        (
+            torch.ops.pruneext.l1_mask_global.into,
+            ([x, x[:3]], 200, [mask, None], True, [torch.empty_like(mask), torch.empty_like(x[:3])], None,
+             [torch.empty_like(x), torch.empty_like(x[:3])]),
+        ),
     ]
     for op, args in samples:
         torch.library.opcheck(op, args)

@@ -15,15 +15,12 @@
 // (at most a quarter of the keys) and the per-thread histograms.
 //
 // The write also produces the masked values where the call asks for them
-// (values_out = mask * values, MaskJob). And where no default mask filters
-// (every entry is alive, so k is known to be possible before any pass), the
-// first pass writes the outputs itself: an entry whose first digit is below
-// the sampled window is selected whatever T is, one at or above it is
-// written as kept; the window's keys are collected with their positions,
-// and once T is known only the selected ones among them are rewritten. The
-// call then reads the keys about once and writes each output once (8N bytes
-// for an fp32 mask: a clone; 12N with the masked values). A missed guess
-// writes everything again in the plain write pass.
+// (values_out = mask * values, MaskJob), in the same loop: with values =
+// the scores, one read of them and two writes. (Writing the outputs in the
+// first pass already, for the entries below the sampled window, and only
+// the window's selected ones after, was measured slower on the 2-core VM:
+// the window holds a few per cent of the entries, spread over most cache
+// lines, so the late rewrite touched most of both outputs again.)
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -55,28 +52,12 @@ struct Item {
 // NoValues when the call has none.
 struct NoValues {};
 
-template <size_t kBytes>
-struct UintOf;
-template <>
-struct UintOf<1> {
-  using type = uint8_t;
-};
-template <>
-struct UintOf<2> {
-  using type = uint16_t;
-};
-template <>
-struct UintOf<4> {
-  using type = uint32_t;
-};
-template <>
-struct UintOf<8> {
-  using type = uint64_t;
-};
-
-// The bits of a value type (NoValues: a byte, never used).
+// The bits of a value type: the unsigned integer of its width (NoValues: a
+// byte, never used).
 template <typename value_t>
-using ValueBits = typename UintOf<std::is_same_v<value_t, NoValues> ? 1 : sizeof(value_t)>::type;
+using ValueBits = std::conditional_t<
+    sizeof(value_t) == 8, uint64_t,
+    std::conditional_t<sizeof(value_t) == 4, uint32_t, std::conditional_t<sizeof(value_t) == 2, uint16_t, uint8_t>>>;
 
 template <typename value_t>
 inline value_t value_of_bits(ValueBits<value_t> b) {
@@ -136,7 +117,6 @@ class CpuSelect {
       out_.push_back(job.out.defined() ? static_cast<mask_t*>(job.out.data_ptr()) : nullptr);
       values_.push_back(p.has_values ? job.values.const_data_ptr() : nullptr);
       values_out_.push_back(p.has_values ? job.values_out.data_ptr() : nullptr);
-      filters_ = filters_ || filters;
       const int64_t n = job.scores.numel();
       n_total_ += n;
       for (int64_t b = 0; b < n; b += kItemSize) {
@@ -171,11 +151,8 @@ class CpuSelect {
     uint64_t prefix = static_cast<uint64_t>(bucket.index);
     if (window_.collect) {
       compacted_ = window_.lo <= bucket.index && bucket.index <= window_.hi;
-      // the first pass wrote the outputs; the hit leaves only its candidates
-      speculated_ = compacted_ && speculate_;
       if (!compacted_) {
         cands_.clear();  // the guess missed: fall back to a compaction pass
-        cand_pos_.clear();
       }
     }
     if (!compacted_ && shift > 0 && h[bucket.index] * 4 <= n_total_) {
@@ -200,17 +177,8 @@ class CpuSelect {
       write(key_t(0), Ties{});
       return;
     }
-    // Without a filtering mask every entry is alive, so k <= the entries
-    // (checked by the first pass before it writes) and the first pass may
-    // write the outputs.
-    speculate_ = !filters_ && k_ <= n_total_;
     const Found found = find();
-    const Ties ties = shares_of_ties(found.threshold, k_ - found.below);
-    if (speculated_) {
-      rewrite_selected_candidates(found.threshold, ties);
-    } else {
-      write(found.threshold, ties);
-    }
+    write(found.threshold, shares_of_ties(found.threshold, k_ - found.below));
   }
 
  private:
@@ -284,16 +252,11 @@ class CpuSelect {
     const bool first = shift + bits == Plan::kKeyBits;
     if (first && window_.collect) {
       cands_.assign(items_.size(), {});
-      if (speculate_) {
-        cand_pos_.assign(items_.size(), {});
-      }
     }
     at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
       int64_t* h = local.data() + static_cast<int64_t>(at::get_thread_num()) * nbins;
       if (compacted_) {
         histogram_candidates(b, e, shift, bits, prefix, h);
-      } else if (first && window_.collect && speculate_) {
-        histogram_full<false, true, true>(b, e, shift, bits, prefix, h);
       } else if (first && window_.collect) {
         histogram_full<false, true>(b, e, shift, bits, prefix, h);
       } else if (first) {
@@ -363,12 +326,6 @@ class CpuSelect {
     const int high = shift + bits;
     for (int64_t idx = b; idx < e; ++idx) {
       auto& c = cands_[idx];
-      if (speculated_) {  // the lists stay whole: their selected keys are rewritten at the end
-        for (const key_t key : c) {
-          h[(key >> shift) & digit_mask] += static_cast<key_t>(key >> high) == prefix;
-        }
-        continue;
-      }
       size_t kept = 0;
       for (const key_t key : c) {
         if (static_cast<key_t>(key >> high) == prefix) {
@@ -380,51 +337,34 @@ class CpuSelect {
     }
   }
 
-  // Appends keys (and, with kPositions, their offsets in the item) to a
-  // candidate list without a branch per key: each key is stored past the
-  // end, and the end moves only over the kept ones.
-  template <bool kPositions>
+  // Appends keys to a candidate list without a branch per key: each key is
+  // stored past the end, and the end moves only over the kept ones.
   struct Appender {
     std::vector<key_t>* list = nullptr;
-    std::vector<uint32_t>* positions = nullptr;
     key_t* buf = nullptr;
-    uint32_t* pos = nullptr;
     size_t n = 0;
     size_t cap = 0;
 
-    void start(std::vector<key_t>* l, std::vector<uint32_t>* p, size_t capacity) {
+    void start(std::vector<key_t>* l, size_t capacity) {
       list = l;
-      positions = p;
       n = 0;
       cap = capacity;
-      resize();
+      list->resize(cap);
+      buf = list->data();
     }
     void reserve_more(size_t more) {
       if (n + more > cap) {
         cap = 2 * cap + more;
-        resize();
+        list->resize(cap);
+        buf = list->data();
       }
     }
-    void push(key_t key, bool keep, uint32_t offset) {
+    void push(key_t key, bool keep) {
       buf[n] = key;
-      if constexpr (kPositions) {
-        pos[n] = offset;
-      }
       n += keep;
     }
     void finish() {
-      cap = n;
-      resize();
-    }
-
-   private:
-    void resize() {
-      list->resize(cap);
-      buf = list->data();
-      if constexpr (kPositions) {
-        positions->resize(cap);
-        pos = positions->data();
-      }
+      list->resize(n);
     }
   };
 
@@ -435,10 +375,8 @@ class CpuSelect {
   // folded into the 64-bit one before they could overflow. Every entry adds
   // 0 or 1, so the loop has no data-dependent branch. The first digit has
   // no prefix to check (kPrefixed false); with kCollect it also keeps the
-  // keys whose digit is in window_ as candidates, and with kSpeculate their
-  // positions too, and writes each item's outputs as if T were the window's
-  // low end (see the top of the file) while the item is in cache.
-  template <bool kPrefixed, bool kCollect = false, bool kSpeculate = false>
+  // keys whose digit is in window_ as candidates.
+  template <bool kPrefixed, bool kCollect = false>
   void histogram_full(int64_t b, int64_t e, int shift, int bits, key_t prefix, int64_t* h) {
     constexpr int64_t kFoldEvery = int64_t(1) << 31;  // < 2^32 per 32-bit counter
     const int64_t nbins = int64_t(1) << bits;
@@ -468,11 +406,9 @@ class CpuSelect {
       // the window in locals: one unsigned compare, nothing reloaded
       const uint64_t win_lo = static_cast<uint64_t>(window_.lo);
       const uint64_t win_span = static_cast<uint64_t>(window_.hi - window_.lo);
-      Appender<kSpeculate> cands;
+      Appender cands;
       if constexpr (kCollect) {
-        cands.start(
-            &cands_[idx], kSpeculate ? &cand_pos_[idx] : nullptr,
-            static_cast<size_t>(1.5 * window_.fraction * (it.end - it.begin)) + 16);
+        cands.start(&cands_[idx], static_cast<size_t>(1.5 * window_.fraction * (it.end - it.begin)) + 16);
       }
       auto run = [&](auto filtered) {
         constexpr bool kFiltered = decltype(filtered)::value;
@@ -488,9 +424,7 @@ class CpuSelect {
           const auto digit = (key >> shift) & digit_mask;
           sh[digit] += take;
           if constexpr (kCollect) {
-            cands.push(
-                key, take & (static_cast<uint64_t>(digit) - win_lo <= win_span),
-                static_cast<uint32_t>(i - it.begin));
+            cands.push(key, take & (static_cast<uint64_t>(digit) - win_lo <= win_span));
           }
         };
         int64_t i = it.begin;
@@ -520,11 +454,6 @@ class CpuSelect {
       }
       if constexpr (kCollect) {
         cands.finish();
-      }
-      if constexpr (kSpeculate) {
-        // selected for any T in the window: the keys below its first digit
-        const key_t below_window = static_cast<key_t>(static_cast<key_t>(window_.lo) << shift);
-        with_values([&](auto tag) { write_item<false, typename decltype(tag)::type>(idx, below_window); });
       }
     }
     fold();
@@ -712,41 +641,6 @@ class CpuSelect {
     }
   }
 
-  // After a speculative first pass (see the top of the file): of the
-  // window's candidates, those selected (key < T, and the item's share of
-  // the keys == T, in flat order) get the mask 0 and the value 0 * v; the
-  // first pass wrote every other entry as it must be.
-  void rewrite_selected_candidates(key_t threshold, const Ties& ties) {
-    with_values([&](auto tag) {
-      using value_t = typename decltype(tag)::type;
-      constexpr bool kValues = !std::is_same_v<value_t, NoValues>;
-      at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
-        for (int64_t idx = b; idx < e; ++idx) {
-          const Item& it = items_[idx];
-          mask_t* out = out_[it.job];
-          const auto [v, vout] = value_pointers<value_t>(it.job);
-          const auto& keys = cands_[idx];
-          const auto& offsets = cand_pos_[idx];
-          int64_t share = ties.share[idx];
-          for (size_t c = 0; c < keys.size(); ++c) {
-            bool selected = keys[c] < threshold;
-            if (share > 0 && keys[c] == threshold) {
-              selected = true;
-              --share;
-            }
-            if (selected) {
-              const int64_t i = it.begin + offsets[c];
-              out[i] = 0;
-              if constexpr (kValues) {
-                vout[i] = value_of_bits<value_t>(0) * v[i];
-              }
-            }
-          }
-        }
-      });
-    });
-  }
-
   int64_t k_;
   mask_t one_;  // the bits of 1 in the mask dtype
   int64_t n_total_ = 0;
@@ -758,13 +652,9 @@ class CpuSelect {
   std::vector<void*> values_out_;
   bool has_values_;
   at::ScalarType value_dtype_;
-  bool filters_ = false;  // some default mask filters (among_alive)
   std::vector<Item> items_;
   std::vector<std::vector<key_t>> cands_;
-  std::vector<std::vector<uint32_t>> cand_pos_;  // offsets in the item, when speculating
   bool compacted_ = false;
-  bool speculate_ = false;   // run() lets the first pass write the outputs
-  bool speculated_ = false;  // it did, and the window held T
   Window window_;
 };
 

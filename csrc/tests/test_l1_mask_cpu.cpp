@@ -13,11 +13,15 @@ namespace {
 
 using pruneext_test::expect;
 
-at::Tensor l1_mask(const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& mask, bool among_alive) {
+// values_out (optional): written with mask * x by the same pass.
+at::Tensor l1_mask(
+    const at::Tensor& x, int64_t k, const std::optional<at::Tensor>& mask, bool among_alive,
+    const std::optional<at::Tensor>& values_out = std::nullopt) {
+  using Opt = const std::optional<at::Tensor>&;
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("pruneext::l1_mask", "")
-                       .typed<at::Tensor(const at::Tensor&, c10::SymInt, const std::optional<at::Tensor>&, bool)>();
-  return op.call(x, c10::SymInt(k), mask, among_alive);
+                       .typed<at::Tensor(const at::Tensor&, c10::SymInt, Opt, bool, Opt, Opt)>();
+  return op.call(x, c10::SymInt(k), mask, among_alive, std::nullopt, values_out);
 }
 
 // Reference: zero the first k entries of a stable ascending sort of |x|.
@@ -40,6 +44,12 @@ int main() {
         expect(at::equal(l1_mask(x, k, std::nullopt, false), reference(x, k)), "l1_mask vs stable sort");
       }
     }
+    // the masked values, past 2^18 entries (where the first pass writes them)
+    auto x = at::randn({300007}).to(dtype);
+    auto values = at::empty_like(x);
+    auto out = l1_mask(x, 100000, std::nullopt, false, values);
+    expect(at::equal(out, reference(x, 100000)), "l1_mask with values_out vs stable sort");
+    expect(at::equal(values, out * x), "values_out == mask * x");
   }
   // among_alive: entries whose mask is 0 keep 0 and are never counted
   auto x = at::randn({5000});
