@@ -253,9 +253,10 @@ def test_select_threshold_matches_reference(name, device, dtype, among_alive):
     assert ref.select_threshold(scores, masks, among_alive, alive).tolist()[3:] == [0] * len(scores)
 
 
-def test_cpu_apply_portable_path_matches_reference():
-    """The C++ apply's portable loop (PRUNEEXT_NO_AVX512=1; on an AVX-512 CPU
-    the masked-store path runs otherwise), in a fresh process."""
+def test_cpu_portable_paths_match_reference():
+    """The C++ prune's and apply's portable loops (PRUNEEXT_NO_AVX512=1; on
+    an AVX-512 CPU the vector compares and masked stores run otherwise), in
+    a fresh process."""
     if "cpu" not in backends.available_backends():
         pytest.skip("the C++ backend was not built")
     import os
@@ -265,13 +266,21 @@ def test_cpu_apply_portable_path_matches_reference():
     code = (
         "import torch, pruneext\n"
         "from pruneext import _reference as ref\n"
-        "from test_bits_ops import _list\n"
+        "from test_bits_ops import ALL, _list, _thresholds\n"
         "for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):\n"
         "    ws, bits = _list(dtype, 'cpu', seed=3)\n"
         "    want = [w.clone() for w in ws]\n"
         "    ref.bits_apply(want, bits)\n"
         "    torch.ops.pruneext.l1_bits_apply(ws, bits)\n"
         "    assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(ws, want)), dtype\n"
+        "    for threshold in _thresholds(dtype):\n"
+        "        for budgets in ([0] * 6, [ALL] * 6, [1, 0, 5, 17, 0, 333]):\n"
+        "            ws, bits = _list(dtype, 'cpu', seed=5)\n"
+        "            want_w, want_b = [w.clone() for w in ws], [b.clone() for b in bits]\n"
+        "            want = ref.bits_prune(want_w, want_b, threshold, budgets)\n"
+        "            got = torch.ops.pruneext.l1_bits_prune(ws, bits, threshold, budgets)\n"
+        "            assert torch.equal(got, want) and all(map(torch.equal, bits, want_b)), (dtype, threshold)\n"
+        "            assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(ws, want_w))\n"
         "print('ok')\n"
     )
     here = os.path.dirname(os.path.abspath(__file__))

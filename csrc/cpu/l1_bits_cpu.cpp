@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -26,7 +27,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define PRUNEEXT_AVX512_APPLY 1
+#define PRUNEEXT_AVX512 1
 #endif
 
 #include "../l1_bits_common.h"
@@ -104,6 +105,116 @@ struct Lanes<uint64_t> {
   using type = u64x8;
 };
 
+#ifdef PRUNEEXT_AVX512
+// The mask bytes are the store masks of AVX-512's masked stores: zeros go
+// to the dead entries only, so the values are neither read nor, where
+// alive, written (the whole-vector AND below reads and writes every entry).
+// A run of bytes [first, end) of 8 entries each; 16, 32 or 8 entries a store
+// for 4-, 2- and 8-byte entries.
+__attribute__((target("avx512f,avx512bw"))) void apply_bytes_avx512(
+    void* data, int entry_bytes, const uint8_t* m, int64_t first, int64_t end) {
+  const __m512i zero = _mm512_setzero_si512();
+  int64_t b = first;
+  if (entry_bytes == 4) {
+    auto* t = static_cast<int32_t*>(data);
+    for (; b + 2 <= end; b += 2) {
+      uint16_t alive;
+      std::memcpy(&alive, m + b, 2);
+      if (alive != 0xFFFFu) {
+        _mm512_mask_storeu_epi32(t + 8 * b, static_cast<__mmask16>(~alive), zero);
+      }
+    }
+    if (b < end) {  // one byte left: the upper 8 lanes store nothing
+      _mm512_mask_storeu_epi32(t + 8 * b, static_cast<__mmask16>(uint8_t(~m[b])), zero);
+    }
+  } else if (entry_bytes == 2) {
+    auto* t = static_cast<int16_t*>(data);
+    for (; b + 4 <= end; b += 4) {
+      uint32_t alive;
+      std::memcpy(&alive, m + b, 4);
+      if (alive != 0xFFFFFFFFu) {
+        _mm512_mask_storeu_epi16(t + 8 * b, static_cast<__mmask32>(~alive), zero);
+      }
+    }
+    for (; b < end; ++b) {
+      _mm512_mask_storeu_epi16(t + 8 * b, static_cast<__mmask32>(uint8_t(~m[b])), zero);
+    }
+  } else {
+    auto* t = static_cast<int64_t*>(data);
+    for (; b < end; ++b) {
+      if (m[b] != 0xFFu) {
+        _mm512_mask_storeu_epi64(t + 8 * b, static_cast<__mmask8>(~m[b]), zero);
+      }
+    }
+  }
+}
+
+// Where the CPU has AVX-512 (F and BW), unless PRUNEEXT_NO_AVX512=1 (how
+// the tests reach the portable paths on such a CPU).
+bool use_avx512() {
+  static const bool use = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      !(std::getenv("PRUNEEXT_NO_AVX512") && std::string(std::getenv("PRUNEEXT_NO_AVX512")) == "1");
+  return use;
+}
+#endif
+
+#ifdef PRUNEEXT_AVX512
+// Prune's pass over whole bytes [first, end) where no tie is ranked: 16, 32
+// or 8 entries a vector for 4-, 2- and 8-byte entries; the sign-cleared
+// bits against `cut` (key < cut, or key <= cut where `inclusive`) give the
+// lanes to prune, those alive get a masked store of +0 and their bits
+// cleared. Returns how many it pruned. The caller folds NaN: no cut lies
+// strictly between +inf's key and NaN's, so the raw sign-cleared bits of a
+// NaN compare as its key does.
+template <typename raw_t>
+__attribute__((target("avx512f,avx512bw"))) int64_t prune_bytes_avx512(
+    raw_t* t, uint8_t* m, int64_t first, int64_t end, raw_t cut, bool inclusive) {
+  constexpr int kLanes = 64 / sizeof(raw_t);  // entries per vector
+  constexpr int kBytes = kLanes / 8;          // mask bytes per vector
+  using mask_t = std::conditional_t<kBytes == 1, uint8_t, std::conditional_t<kBytes == 2, uint16_t, uint32_t>>;
+  const __m512i zero = _mm512_setzero_si512();
+  int64_t pruned = 0;
+  for (int64_t b = first; b + kBytes <= end; b += kBytes) {
+    mask_t alive;
+    std::memcpy(&alive, m + b, kBytes);
+    if (alive == 0) {
+      continue;
+    }
+    raw_t* e = t + 8 * b;
+    const __m512i v = _mm512_loadu_si512(e);
+    mask_t below;
+    if constexpr (sizeof(raw_t) == 4) {
+      const __m512i key = _mm512_and_si512(v, _mm512_set1_epi32(0x7FFFFFFF));
+      const __m512i c = _mm512_set1_epi32(static_cast<int32_t>(cut));
+      below = inclusive ? _mm512_cmple_epu32_mask(key, c) : _mm512_cmplt_epu32_mask(key, c);
+    } else if constexpr (sizeof(raw_t) == 2) {
+      const __m512i key = _mm512_and_si512(v, _mm512_set1_epi16(0x7FFF));
+      const __m512i c = _mm512_set1_epi16(static_cast<int16_t>(cut));
+      below = inclusive ? _mm512_cmple_epu16_mask(key, c) : _mm512_cmplt_epu16_mask(key, c);
+    } else {
+      const __m512i key = _mm512_and_si512(v, _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll));
+      const __m512i c = _mm512_set1_epi64(static_cast<int64_t>(cut));
+      below = inclusive ? _mm512_cmple_epu64_mask(key, c) : _mm512_cmplt_epu64_mask(key, c);
+    }
+    const mask_t gone = static_cast<mask_t>(below & alive);
+    if (gone == 0) {
+      continue;
+    }
+    if constexpr (sizeof(raw_t) == 4) {
+      _mm512_mask_storeu_epi32(e, gone, zero);
+    } else if constexpr (sizeof(raw_t) == 2) {
+      _mm512_mask_storeu_epi16(e, gone, zero);
+    } else {
+      _mm512_mask_storeu_epi64(e, gone, zero);
+    }
+    const mask_t left = static_cast<mask_t>(alive & ~gone);
+    std::memcpy(m + b, &left, kBytes);
+    pruned += __builtin_popcount(static_cast<unsigned>(gone));
+  }
+  return pruned;
+}
+#endif
+
 template <typename Traits>
 struct BitPrune {
   using key_t = typename Traits::key_t;
@@ -148,7 +259,17 @@ struct BitPrune {
     const bool all = (share >= ties && share > 0) || above;
     const key_t cut = above ? static_cast<key_t>(~key_t(0)) : static_cast<key_t>(threshold);
     int64_t pruned = 0;
-    for (int64_t byte = it.first_byte; byte < it.end_byte; ++byte) {
+    int64_t first = it.first_byte;
+#ifdef PRUNEEXT_AVX512
+    const int64_t full_end = std::min(it.end_byte, n / 8);  // bytes of 8 entries
+    if (!ranked && use_avx512() && first < full_end) {
+      // "key < NaN's key" is "key <= +inf's" (see prune_bytes_avx512)
+      const bool below_nan = !all && cut == Traits::kNaN;
+      pruned += prune_bytes_avx512<key_t>(w, m, first, full_end, below_nan ? Traits::kInf : cut, all || below_nan);
+      first = full_end - (full_end - first) % (64 / sizeof(key_t) / 8);  // the bytes it left
+    }
+#endif
+    for (int64_t byte = first; byte < it.end_byte; ++byte) {
       const unsigned alive = m[byte];
       if (alive == 0) {
         continue;
@@ -247,58 +368,6 @@ at::Tensor l1_bits_prune(at::TensorList weights, at::TensorList bits, int64_t th
   return counts;
 }
 
-#ifdef PRUNEEXT_AVX512_APPLY
-// The mask bytes are the store masks of AVX-512's masked stores: zeros go
-// to the dead entries only, so the values are neither read nor, where
-// alive, written (the whole-vector AND below reads and writes every entry).
-// A run of bytes [first, end) of 8 entries each; 16, 32 or 8 entries a store
-// for 4-, 2- and 8-byte entries.
-__attribute__((target("avx512f,avx512bw"))) void apply_bytes_avx512(
-    void* data, int entry_bytes, const uint8_t* m, int64_t first, int64_t end) {
-  const __m512i zero = _mm512_setzero_si512();
-  int64_t b = first;
-  if (entry_bytes == 4) {
-    auto* t = static_cast<int32_t*>(data);
-    for (; b + 2 <= end; b += 2) {
-      uint16_t alive;
-      std::memcpy(&alive, m + b, 2);
-      if (alive != 0xFFFFu) {
-        _mm512_mask_storeu_epi32(t + 8 * b, static_cast<__mmask16>(~alive), zero);
-      }
-    }
-    if (b < end) {  // one byte left: the upper 8 lanes store nothing
-      _mm512_mask_storeu_epi32(t + 8 * b, static_cast<__mmask16>(uint8_t(~m[b])), zero);
-    }
-  } else if (entry_bytes == 2) {
-    auto* t = static_cast<int16_t*>(data);
-    for (; b + 4 <= end; b += 4) {
-      uint32_t alive;
-      std::memcpy(&alive, m + b, 4);
-      if (alive != 0xFFFFFFFFu) {
-        _mm512_mask_storeu_epi16(t + 8 * b, static_cast<__mmask32>(~alive), zero);
-      }
-    }
-    for (; b < end; ++b) {
-      _mm512_mask_storeu_epi16(t + 8 * b, static_cast<__mmask32>(uint8_t(~m[b])), zero);
-    }
-  } else {
-    auto* t = static_cast<int64_t*>(data);
-    for (; b < end; ++b) {
-      if (m[b] != 0xFFu) {
-        _mm512_mask_storeu_epi64(t + 8 * b, static_cast<__mmask8>(~m[b]), zero);
-      }
-    }
-  }
-}
-
-// Where the CPU has AVX-512 (F and BW), unless PRUNEEXT_NO_AVX512=1 (how
-// the tests reach the portable path on such a CPU).
-bool use_avx512_apply() {
-  static const bool use = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      !(std::getenv("PRUNEEXT_NO_AVX512") && std::string(std::getenv("PRUNEEXT_NO_AVX512")) == "1");
-  return use;
-}
-#endif
 
 template <typename raw_t>
 void apply_item(at::TensorList tensors, at::TensorList bits, const Item& it) {
@@ -308,8 +377,8 @@ void apply_item(at::TensorList tensors, at::TensorList bits, const Item& it) {
   const int64_t n = tensors[it.job].numel();
   const int64_t full_end = std::min(it.end_byte, n / 8);  // bytes of 8 entries
   int64_t first = it.first_byte;
-#ifdef PRUNEEXT_AVX512_APPLY
-  if (use_avx512_apply() && first < full_end) {
+#ifdef PRUNEEXT_AVX512
+  if (use_avx512() && first < full_end) {
     apply_bytes_avx512(t, sizeof(raw_t), m, first, full_end);
     first = full_end;
   }
