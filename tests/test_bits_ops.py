@@ -254,9 +254,10 @@ def test_select_threshold_matches_reference(name, device, dtype, among_alive):
 
 
 def test_cpu_portable_paths_match_reference():
-    """The C++ prune's and apply's portable loops (PRUNEEXT_NO_AVX512=1; on
-    an AVX-512 CPU the vector compares and masked stores run otherwise), in
-    a fresh process."""
+    """The C++ portable loops (PRUNEEXT_NO_AVX512=1; on an AVX-512 CPU the
+    vector compares and masked stores run otherwise), in a fresh process:
+    prune and apply against the reference, and the select's window pass
+    (tests/test_ops.py's edge case) against the oracle."""
     if "cpu" not in backends.available_backends():
         pytest.skip("the C++ backend was not built")
     import os
@@ -281,9 +282,16 @@ def test_cpu_portable_paths_match_reference():
         "            got = torch.ops.pruneext.l1_bits_prune(ws, bits, threshold, budgets)\n"
         "            assert torch.equal(got, want) and all(map(torch.equal, bits, want_b)), (dtype, threshold)\n"
         "            assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(ws, want_w))\n"
+        "from test_ops import _window_edges, oracle\n"
+        "for dtype in (torch.float32, torch.float64):\n"
+        "    x = _window_edges(dtype, 3 << 18, seed=12)\n"
+        "    parts = [x[: 1 << 18], x[1 << 18 :]]\n"
+        "    for k in (x.numel() // 7, x.numel() - x.numel() // 60):\n"
+        "        got = torch.ops.pruneext.l1_mask_global(parts, k, [None, None], False)\n"
+        "        assert all(map(torch.equal, got, oracle(parts, k))), (dtype, k)\n"
         "print('ok')\n"
     )
     here = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PRUNEEXT_NO_AVX512="1", PYTHONPATH=here)
+    env = dict(os.environ, PRUNEEXT_NO_AVX512="1", PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-c", code], cwd=here, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr

@@ -197,3 +197,40 @@ def test_large_tensor_where_the_sample_misleads(backend):
         for k in (n // 3, n - 5):
             got = ops.l1_mask(x.to(device), k)
             assert torch.equal(got.cpu(), oracle([x], k)[0]), k
+
+
+def _window_edges(dtype, n, seed):
+    """randn whose keys often sit exactly on a first-digit edge (the low bits
+    of a quarter cleared, of an eighth set: a digit's first and last keys),
+    with NaNs of random payloads, infinities and zeros of both signs."""
+    g = torch.Generator().manual_seed(seed)
+    ints = {torch.float32: (torch.int32, 19), torch.float64: (torch.int64, 51)}[dtype]
+    bits = torch.randn(n, generator=g, dtype=torch.float64).to(dtype).view(ints[0])
+    low = (1 << ints[1]) - 1
+    pick = torch.randint(0, 8, (n,), generator=g)
+    bits = torch.where(pick < 2, bits & ~low, torch.where(pick == 2, bits | low, bits))
+    x = bits.view(dtype).clone()
+    specials = torch.randint(0, n, (n // 50,), generator=g)
+    payload = torch.randint(1, 1 << 20, (specials.numel(),), generator=g).to(ints[0])
+    nan_bits = torch.tensor(float("nan"), dtype=dtype).view(ints[0]) | payload  # (the sign bit too, sometimes)
+    x.view(ints[0])[specials[: specials.numel() // 2]] = nan_bits[: specials.numel() // 2]
+    x[specials[specials.numel() // 2 :: 3]] = float("inf")
+    x[specials[specials.numel() // 2 + 1 :: 3]] = -float("inf")
+    x[specials[specials.numel() // 2 + 2 :: 3]] = -0.0
+    return x
+
+
+@pytest.mark.skipif("cpu" not in pruneext.available_backends(), reason="the C++ backend was not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_window_pass_on_digit_edges(dtype):
+    """The C++ select's first pass where no default mask filters: it counts
+    the keys below the sampled window and copies out those in it (vector
+    compares on AVX-512). Keys on the window's edges, NaN payloads, and ks
+    the window holds or misses: the masks of the oracle."""
+    x = _window_edges(dtype, 3 << 18, seed=12)
+    parts = [x[: 1 << 18], x[1 << 18 :]]
+    n = x.numel()
+    for k in (1, n // 7, n // 2, n - n // 60, n):  # (n - n/60: among the NaNs)
+        got = torch.ops.pruneext.l1_mask_global(parts, k, [None, None], False)
+        want = oracle(parts, k)
+        assert all(torch.equal(a, b) for a, b in zip(got, want)), k

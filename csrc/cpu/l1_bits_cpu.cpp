@@ -25,12 +25,8 @@
 #include <string>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define PRUNEEXT_AVX512 1
-#endif
-
 #include "../l1_bits_common.h"
+#include "avx512.h"
 
 namespace pruneext {
 namespace {
@@ -149,13 +145,6 @@ __attribute__((target("avx512f,avx512bw"))) void apply_bytes_avx512(
   }
 }
 
-// Where the CPU has AVX-512 (F and BW), unless PRUNEEXT_NO_AVX512=1 (how
-// the tests reach the portable paths on such a CPU).
-bool use_avx512() {
-  static const bool use = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      !(std::getenv("PRUNEEXT_NO_AVX512") && std::string(std::getenv("PRUNEEXT_NO_AVX512")) == "1");
-  return use;
-}
 #endif
 
 #ifdef PRUNEEXT_AVX512

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "../l1_mask_common.h"
+#include "avx512.h"
 
 namespace pruneext {
 namespace cpu {
@@ -139,17 +140,38 @@ class CpuSelect {
     // first pass also keeps those keys and no second full read is needed
     // when the guess holds (it nearly always does).
     window_ = shift > 0 ? guess_window() : Window{};
-    auto h = histogram(shift, Plan::kFirstDigitBits, 0);
-    const int64_t alive = std::accumulate(h.begin(), h.end(), int64_t(0));
-    TORCH_CHECK(
-        k_ <= alive, "l1_mask: k=", k_, " exceeds the ", alive,
-        " entries that can be pruned");
-    Bucket bucket = find_bucket(h, k_);
-    int64_t rank = k_ - bucket.below;
-    int64_t count_lt = bucket.below;
+    std::vector<int64_t> h;
+    int64_t below_window = 0;
+    if (window_.collect && !filtered()) {
+      // Every entry is alive: the first pass need only count the keys
+      // below the window and copy those in it out; the first digit's
+      // histogram is then the candidates'.
+      const int64_t in_window = window_pass(below_window);
+      TORCH_CHECK(
+          k_ <= n_total_, "l1_mask: k=", k_, " exceeds the ", n_total_,
+          " entries that can be pruned");
+      if (below_window < k_ && k_ <= below_window + in_window) {
+        h = histogram(shift, Plan::kFirstDigitBits, 0);  // (over the candidates)
+      } else {  // the guess missed: a full first pass
+        cands_.clear();
+        compacted_ = false;
+        window_ = Window{};
+        below_window = 0;
+      }
+    }
+    if (h.empty()) {
+      h = histogram(shift, Plan::kFirstDigitBits, 0);
+      const int64_t alive = std::accumulate(h.begin(), h.end(), int64_t(0));
+      TORCH_CHECK(
+          k_ <= alive, "l1_mask: k=", k_, " exceeds the ", alive,
+          " entries that can be pruned");
+    }
+    Bucket bucket = find_bucket(h, k_ - below_window);
+    int64_t rank = k_ - below_window - bucket.below;
+    int64_t count_lt = below_window + bucket.below;
     int64_t equal = h[bucket.index];
     uint64_t prefix = static_cast<uint64_t>(bucket.index);
-    if (window_.collect) {
+    if (window_.collect && !compacted_) {
       compacted_ = window_.lo <= bucket.index && bucket.index <= window_.hi;
       if (!compacted_) {
         cands_.clear();  // the guess missed: fall back to a compaction pass
@@ -250,7 +272,7 @@ class CpuSelect {
     const int nthreads = at::get_num_threads();
     std::vector<int64_t> local(static_cast<size_t>(nthreads) * nbins, 0);
     const bool first = shift + bits == Plan::kKeyBits;
-    if (first && window_.collect) {
+    if (first && window_.collect && !compacted_) {  // (compacted: window_pass kept them)
       cands_.assign(items_.size(), {});
     }
     at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
@@ -458,6 +480,105 @@ class CpuSelect {
     }
     fold();
   }
+
+  bool filtered() const {
+    return std::any_of(alive_.begin(), alive_.end(), [](const mask_t* a) { return a != nullptr; });
+  }
+
+  // The first pass of an unfiltered list with a window: per item, counts
+  // the keys whose first digit is below window_ and copies those within it
+  // to the item's candidates (flat order). Returns the candidates; `below`
+  // gets the count below.
+  int64_t window_pass(int64_t& below) {
+    cands_.assign(items_.size(), {});
+    std::vector<int64_t> below_of(items_.size(), 0);
+    const key_t lo = static_cast<key_t>(static_cast<key_t>(window_.lo) << Plan::kFirstShift);
+    // the last key of digit hi ((hi + 1) << shift fits: the key has a bit fewer)
+    const key_t span = static_cast<key_t>((static_cast<key_t>(window_.hi + 1) << Plan::kFirstShift) - 1 - lo);
+    at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
+      for (int64_t idx = b; idx < e; ++idx) {
+        const Item& it = items_[idx];
+        const key_t* raw = raw_[it.job] + it.begin;
+        const int64_t n = it.end - it.begin;
+        auto& c = cands_[idx];
+        // room for the expected share and a vector's worth past the end
+        c.resize(static_cast<size_t>(1.5 * window_.fraction * n) + 64);
+        size_t kept = 0;
+        int64_t i = 0;
+#ifdef PRUNEEXT_AVX512
+        if (use_avx512()) {
+          i = window_avx512(raw, n, lo, span, c, kept, below_of[idx]);
+        }
+#endif
+        for (; i < n; ++i) {
+          const key_t key = Traits::key(raw[i]);
+          below_of[idx] += key < lo;
+          if (kept == c.size()) {
+            c.resize(2 * c.size());
+          }
+          c[kept] = key;
+          kept += static_cast<key_t>(key - lo) <= span;  // (a key below lo wraps above span)
+        }
+        c.resize(kept);
+      }
+    });
+    compacted_ = true;
+    below = std::accumulate(below_of.begin(), below_of.end(), int64_t(0));
+    int64_t total = 0;
+    for (const auto& c : cands_) {
+      total += static_cast<int64_t>(c.size());
+    }
+    return total;
+  }
+
+#ifdef PRUNEEXT_AVX512
+  // window_pass's loop, a vector of 16 (fp32) or 8 (fp64) keys at a time:
+  // the keys (NaN folded to its key), a compare with lo and one with the
+  // span for the count and the candidates, which a register compress packs
+  // for one full-width store (the buffer keeps a vector's room past `kept`).
+  // Returns where it stopped (the rest: the scalar loop).
+  __attribute__((target("avx512f"))) static int64_t window_avx512(
+      const key_t* raw, int64_t n, key_t lo, key_t span, std::vector<key_t>& c, size_t& kept, int64_t& below) {
+    constexpr int kLanes = 64 / sizeof(key_t);
+    int64_t i = 0;
+    int64_t count = 0;
+    if constexpr (sizeof(key_t) == 4) {
+      const __m512i abs = _mm512_set1_epi32(static_cast<int32_t>(Traits::kAbsMask));
+      const __m512i inf = _mm512_set1_epi32(static_cast<int32_t>(Traits::kInf));
+      const __m512i lov = _mm512_set1_epi32(static_cast<int32_t>(lo));
+      const __m512i spanv = _mm512_set1_epi32(static_cast<int32_t>(span));
+      for (; i + kLanes <= n; i += kLanes) {
+        __m512i key = _mm512_and_si512(_mm512_loadu_si512(raw + i), abs);
+        key = _mm512_mask_mov_epi32(key, _mm512_cmpgt_epu32_mask(key, inf), abs);  // NaN: kNaN == kAbsMask
+        count += __builtin_popcount(_mm512_cmplt_epu32_mask(key, lov));
+        const __mmask16 in = _mm512_cmple_epu32_mask(_mm512_sub_epi32(key, lov), spanv);
+        if (kept + kLanes > c.size()) {
+          c.resize(2 * c.size() + kLanes);
+        }
+        _mm512_storeu_si512(c.data() + kept, _mm512_maskz_compress_epi32(in, key));
+        kept += __builtin_popcount(in);
+      }
+    } else if constexpr (sizeof(key_t) == 8) {
+      const __m512i abs = _mm512_set1_epi64(static_cast<int64_t>(Traits::kAbsMask));
+      const __m512i inf = _mm512_set1_epi64(static_cast<int64_t>(Traits::kInf));
+      const __m512i lov = _mm512_set1_epi64(static_cast<int64_t>(lo));
+      const __m512i spanv = _mm512_set1_epi64(static_cast<int64_t>(span));
+      for (; i + kLanes <= n; i += kLanes) {
+        __m512i key = _mm512_and_si512(_mm512_loadu_si512(raw + i), abs);
+        key = _mm512_mask_mov_epi64(key, _mm512_cmpgt_epu64_mask(key, inf), abs);
+        count += __builtin_popcount(_mm512_cmplt_epu64_mask(key, lov));
+        const __mmask8 in = _mm512_cmple_epu64_mask(_mm512_sub_epi64(key, lov), spanv);
+        if (kept + kLanes > c.size()) {
+          c.resize(2 * c.size() + kLanes);
+        }
+        _mm512_storeu_si512(c.data() + kept, _mm512_maskz_compress_epi64(in, key));
+        kept += __builtin_popcount(in);
+      }
+    }
+    below += count;
+    return i;
+  }
+#endif
 
   // Copies the alive keys whose bits above `shift` equal `prefix` into
   // per-item candidate lists (item order = flat order, kept for the ties).
