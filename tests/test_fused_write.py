@@ -276,7 +276,7 @@ TRITON = "triton" in backends.available_backends() and "cpu" in backends_for("cp
 def test_triton_opcheck_with_values():
     x = distinct_magnitudes(9, 7)
     mask = (torch.rand(9, 7, generator=torch.Generator().manual_seed(1)) > 0.3).float()
-    torch.library.opcheck(torch.ops.pruneext.l1_mask_triton.default, (x, 10, mask, True, None, torch.empty_like(x)))
+    torch.library.opcheck(torch.ops.pruneext.l1_mask_into_triton.default, (x, 10, mask, True, x, torch.empty_like(x)))
     torch.library.opcheck(
         torch.ops.pruneext.l1_mask_global_into_triton.default,
         ([x, x[:2]], 20, [mask, None], True, [torch.empty_like(x), torch.empty(2, 7)], [], [torch.empty_like(x), torch.empty(2, 7)]),

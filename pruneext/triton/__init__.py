@@ -3,7 +3,8 @@
 Serves CUDA tensors; under the Triton interpreter (TRITON_INTERPRET=1, read
 when this package is imported) it serves CPU tensors too, which is how CI
 tests it without a GPU. Importing it registers the torch ops
-pruneext::l1_mask_triton and pruneext::l1_mask_global_triton (and those of
+pruneext::l1_mask_triton, l1_mask_into_triton, l1_mask_global_triton and
+l1_mask_global_into_triton (and those of
 the phases and of the bit-mask ops, phases.py and bits.py). Without an
 importable Triton the package raises ImportError, which pruneext swallows,
 and the backend is listed as unavailable with the reason.

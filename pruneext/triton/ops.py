@@ -29,21 +29,29 @@ def _register(name, mutates_args=()):
     return wrap
 
 
-# values / values_out: as the native ops' (csrc/ops.cpp), values_out written in place.
-@_register("pruneext::l1_mask_triton", mutates_args=("values_out",))
+@_register("pruneext::l1_mask_triton")
 def l1_mask_triton(
-    scores: torch.Tensor,
-    k: int,
-    default_mask: Optional[torch.Tensor] = None,
-    among_alive: bool = False,
-    values: Optional[torch.Tensor] = None,
-    values_out: Optional[torch.Tensor] = None,
+    scores: torch.Tensor, k: int, default_mask: Optional[torch.Tensor] = None, among_alive: bool = False
 ) -> torch.Tensor:
     """pruneext.ops.l1_mask on the Triton kernels."""
-    return l1_masks(
-        [scores], k, [default_mask], among_alive, "l1_mask",
-        None if values is None else [values], None if values_out is None else [values_out],
-    )[0]
+    return l1_masks([scores], k, [default_mask], among_alive, "l1_mask")[0]
+
+
+# The same with values_out (the native ops' values / values_out, csrc/ops.cpp)
+# written in place. A separate op with both required rather than optional
+# arguments of the first: torch 2.11's custom_op bumps the version of a
+# mutated argument by its position, which an omitted default lacks.
+@_register("pruneext::l1_mask_into_triton", mutates_args=("values_out",))
+def l1_mask_into_triton(
+    scores: torch.Tensor,
+    k: int,
+    default_mask: Optional[torch.Tensor],
+    among_alive: bool,
+    values: torch.Tensor,
+    values_out: torch.Tensor,
+) -> torch.Tensor:
+    """l1_mask_triton, and mask * values written into values_out."""
+    return l1_masks([scores], k, [default_mask], among_alive, "l1_mask", [values], [values_out])[0]
 
 
 @_register("pruneext::l1_mask_global_triton")
@@ -86,7 +94,10 @@ def l1_select_threshold_triton(
 
 # The backend's functions (pruneext.backends.Backend).
 def l1_mask(scores, k, default_mask=None, among_alive=False, values=None, values_out=None):
-    return torch.ops.pruneext.l1_mask_triton(scores, k, default_mask, among_alive, values, values_out)
+    if values_out is None:
+        return torch.ops.pruneext.l1_mask_triton(scores, k, default_mask, among_alive)
+    values = scores if values is None else values
+    return torch.ops.pruneext.l1_mask_into_triton(scores, k, default_mask, among_alive, values, values_out)
 
 
 def l1_mask_global(scores, k, default_masks, among_alive=False, values=None, values_out=None):
