@@ -3,6 +3,7 @@
 // the radix select of l1_select_cpu.h over the whole list.
 #include <torch/library.h>
 
+#include "huge_pages.h"
 #include "l1_select_cpu.h"
 
 namespace pruneext {
@@ -14,6 +15,7 @@ void run_cpu(MaskProblem& p) {
   if (p.jobs.empty()) {
     return;
   }
+  cpu::advise_outputs(p);
   PRUNEEXT_DISPATCH_SCORES(p.score_dtype, "l1_mask", [&] {
     using Traits = typename KeyOf<scalar_t>::type;
     PRUNEEXT_DISPATCH_MASK_BITS(p.mask_dtype, "l1_mask", [&] {

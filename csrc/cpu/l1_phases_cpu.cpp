@@ -12,6 +12,7 @@
 
 #include <cstring>
 
+#include "huge_pages.h"
 #include "l1_select_cpu.h"
 
 namespace pruneext {
@@ -67,6 +68,7 @@ struct CpuPhases {
     for (size_t j = 0; j < budgets.size(); ++j) {
       partial[j] = budgets[j] > 0 && budgets[j] < p.jobs[j].scores.numel();
     }
+    cpu::advise_outputs(p);
     with_select(p, [&](auto& select) {
       using key_t = typename std::decay_t<decltype(select)>::key_type;
       const key_t T = static_cast<key_t>(threshold);
