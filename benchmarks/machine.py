@@ -58,9 +58,22 @@ def info():
         "triton": _triton_version(),
         "pruneext": getattr(pruneext, "__version__", None),
         "pruneext_build_info": pruneext.build_info(),
+        # (the CPU write's page faults depend on the last three and on THP)
         "env": {k: os.environ[k] for k in ("PRUNEEXT_BACKEND", "TRITON_INTERPRET", "OMP_NUM_THREADS",
-                                            "CUDA_VISIBLE_DEVICES") if k in os.environ},
+                                            "CUDA_VISIBLE_DEVICES", "PRUNEEXT_NO_AVX512", "PRUNEEXT_NO_HUGE_PAGES",
+                                            "THP_MEM_ALLOC_ENABLE") if k in os.environ},
+        "transparent_hugepage": _transparent_hugepage(),
     }
+
+
+def _transparent_hugepage():
+    """Linux's THP mode (the bracketed word of its sysfs setting), or None."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            words = f.read().split()
+    except OSError:
+        return None
+    return next((w.strip("[]") for w in words if w.startswith("[")), None)
 
 
 def command_line():
