@@ -12,7 +12,7 @@ def test_quick_run(tmp_path, capsys):
     training.main(["--quick", "--reps", "1", "--json", str(out)])
     r = json.loads(out.read_text())
     assert r["memory"]["mask_over_params"] == pytest.approx(1 / 32)  # fp32: one bit per 32
-    for opt in ("sgd", "adamw"):
+    for opt in ("sgd", "adamw", "adamw fused"):
         t = r["training"][opt]
         assert t["torch hooks extra_bytes"] == 2 * t["param_bytes"]  # mask + weight
     for key in ("clone_s", "update_s", "remask_s", "inplace_pass_s", "torch_global_s"):
