@@ -40,6 +40,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from pruneext.triton import bits, phases, select  # noqa: E402
+from pruneext._reference import VALUE_DTYPES  # noqa: E402
 from pruneext.triton.keys import KEY_PLANS, MASK_BITS  # noqa: E402
 
 # Triton 3.6 (the GPU machine's) gives the histogram kernel's aggregation
@@ -80,6 +81,15 @@ def record_launches(score_dtypes):
                 for k, length in itertools.product((0, 100), (2, 1)):
                     try:
                         select.l1_masks(scores[:length], k, masks[:length], among_alive)
+                        # with the masked values written by the same pass (values_out):
+                        # values of the scores' dtype, and of another; with a default
+                        # mask only of its dtype (the kernels read its bits as values')
+                        for value_dtype in {dtype, torch.float32} if mask_dtype is None else {mask_dtype}:
+                            if value_dtype not in VALUE_DTYPES:
+                                continue
+                            values = [s.to(value_dtype) for s in scores[:length]]
+                            select.l1_masks(scores[:length], k, masks[:length], among_alive,
+                                            values=values, values_out=[torch.empty_like(v) for v in values])
                     except RuntimeError as e:  # nothing ran, so the device-side alive count is 0
                         if "exceeds" not in str(e):
                             raise

@@ -19,10 +19,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <type_traits>
-#include <cstdlib>
 #include <cstring>
-#include <string>
+#include <type_traits>
 #include <vector>
 
 #include "../l1_bits_common.h"
