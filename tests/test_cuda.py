@@ -249,6 +249,52 @@ def test_uniform_and_sorted_data(score_dtype):
             check_vs_cpu(x, k)
 
 
+@pytest.mark.parametrize("score_dtype", [torch.float32, torch.float64], ids=str)
+def test_split_ties_counted_from_the_candidates(score_dtype):
+    # 2^21 entries (512 tiles: sampled) on a grid of 1e-3, about 800 entries
+    # per value near the median: k splits the ties at T, and the candidates
+    # the window copied out hold them, so the tie counts are read from the
+    # candidates' runs per tile (eq_count_cands_kernel), not from the tensors
+    g = _gen(21)
+    x = ((torch.randn(1 << 21, generator=g, dtype=torch.float64) * 1000).round() / 1000).to(score_dtype)
+    n = x.numel()
+    mask = make_mask(x.shape, torch.uint8, 40)
+    for k in (n // 2 + 17, n // 10 + 3):
+        got = check_vs_cpu(x, k)
+        assert int((got == 0).sum()) == k
+        check_vs_cpu(x, k // 2, mask, among_alive=True)
+    parts = [x[:700_000].clone(), x[700_000:700_001].clone(), x[700_001:].clone()]
+    check_global_vs_cpu(parts, n // 2 + 5, [None] * 3)
+    # the select alone: [T, below, equal, per-tensor ties where they split]
+    select = torch.ops.pruneext.l1_select_threshold
+    got = select([p.cuda() for p in parts], [None] * 3, False, n // 2 + 5).cpu()
+    want = select(parts, [None] * 3, False, n // 2 + 5)
+    assert torch.equal(got, want) and int(got[3:].sum()) == int(got[2])
+
+
+@pytest.mark.parametrize("score_dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("offset", [0, 1, 8], ids=lambda o: f"offset{o}")
+def test_16bit_runs_aligned_or_not(score_dtype, offset):
+    # 16-bit keys: the mask and tie-count kernels move a thread's 8 entries as
+    # one 16-byte vector where every tensor is 16-byte aligned (offset 0 and
+    # 8: 16 bytes), and take the scalar loop where one is not (offset 1);
+    # 100,003 entries leave a partial run at the end; ties split (few values)
+    g = _gen(22)
+    n = 100_003
+    base = (torch.randint(-200, 200, (offset + n,), generator=g).to(torch.float64) / 16).to(score_dtype)
+    x = base.cuda()[offset:]
+    masks = make_mask((offset + n,), score_dtype, 41, odd_values=False).cuda()[offset:]
+    for k in (1, n // 3, n // 2 + 1, n - 1):
+        check_vs_cpu(x, k)
+        check_vs_cpu(x, k // 2, masks, among_alive=True)
+    # the masked values in the same pass, into an output of the same offset
+    out = torch.full((offset + n,), 7.0, dtype=score_dtype, device="cuda")[offset:]
+    got = l1_mask(x, n // 2 + 1, None, False, x, out)
+    torch.cuda.synchronize()
+    assert_bit_identical(got, l1_mask(x.cpu(), n // 2 + 1))
+    assert torch.equal(_bits(out), _bits(got.to(score_dtype) * x))
+
+
 # ---------------------------------------------------------------------------
 # Global op
 

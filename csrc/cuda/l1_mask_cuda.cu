@@ -197,6 +197,8 @@ class CudaSelect {
     if (kMultiPass) {
       capacity_ = std::min(n_total_, n_total_ / kCandDivisor + kCandExtra);
       cands = at::empty({capacity_ * static_cast<int64_t>(sizeof(key_t))}, byte_opts);
+      // per tile, where its candidates are (8 bytes a tile: n / 512 bytes for fp32)
+      cand_runs_ = at::empty({total_tiles_}, at::TensorOptions().dtype(at::kLong).device(device));
     }
     void* cand_ptr = kMultiPass ? cands.data_ptr() : nullptr;
 
@@ -235,6 +237,13 @@ class CudaSelect {
       kernel<<<static_cast<unsigned>(grid), Cfg::kMaskBlock, 0, stream_>>>(
           descs_, total_tiles_, st, p_.among_alive, mask_width_, one_bits_, tile_eq_ptr);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (kMultiPass) {  // one of the two counts, as the device state says
+        auto from_cands = cuda::eq_count_cands_kernel<Traits>;
+        const int64_t cgrid = wave_blocks(from_cands, Cfg::kMaskBlock, 0, total_tiles_);
+        from_cands<<<static_cast<unsigned>(cgrid), Cfg::kMaskBlock, 0, stream_>>>(
+            cand_ptr, reinterpret_cast<const ull*>(cand_runs_.data_ptr()), total_tiles_, st, tile_eq_ptr);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
       cuda::split_find_kernel<<<1, cuda::kSelectBlock, 0, stream_>>>(st, tile_eq_ptr, total_tiles_);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -274,6 +283,7 @@ class CudaSelect {
     a.hist = hist;
     a.cands = cands;
     a.capacity = capacity_;
+    a.cand_runs = cands == nullptr ? nullptr : reinterpret_cast<ull*>(cand_runs_.data_ptr());
     cuda::launch_hist_kernel<Traits>(a, stream_);
   }
 
@@ -318,6 +328,7 @@ class CudaSelect {
   cudaStream_t stream_;
   at::Tensor ws_;       // [state][sample hist][hist of each digit]
   at::Tensor tile_eq_;  // per tile: its keys == T, where the ties split
+  at::Tensor cand_runs_;  // per tile: its run in the candidate buffer (HistArgs)
   bool device_alive_ = false;
   at::Tensor descs_t_;
   cuda::Descs descs_{};

@@ -195,6 +195,88 @@ __device__ __forceinline__ unsigned load_keys(
   return bits;
 }
 
+// 16-bit keys: a thread's N contiguous elements moved as 16-byte (or, for a
+// byte mask, 8-byte) vectors instead of N scalar loads of 2 bytes. The
+// caller checks the base pointers with run_aligned; runs start at multiples
+// of N elements, so the runs are aligned too.
+template <typename T, int N>
+struct RunWords {  // N elements of T as 16-byte words (8-byte ones for 8 bytes in all)
+  static constexpr int kBytes = N * static_cast<int>(sizeof(T));
+  static_assert(kBytes % 8 == 0, "runs of whole 8-byte words");
+  using Word = std::conditional_t<kBytes % 16 == 0, uint4, uint2>;
+  static constexpr int kWords = kBytes / static_cast<int>(sizeof(Word));
+  union {
+    Word w[kWords];
+    T v[N];
+  };
+  __device__ RunWords() {}
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load_run(const T* __restrict__ p, T (&v)[N]) {
+  RunWords<T, N> r;
+  const auto* __restrict__ src = reinterpret_cast<const typename RunWords<T, N>::Word*>(p);
+#pragma unroll
+  for (int c = 0; c < RunWords<T, N>::kWords; ++c) {
+    r.w[c] = src[c];
+  }
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    v[j] = r.v[j];
+  }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_run(T* __restrict__ p, const T (&v)[N]) {
+  RunWords<T, N> r;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    r.v[j] = v[j];
+  }
+  auto* __restrict__ dst = reinterpret_cast<typename RunWords<T, N>::Word*>(p);
+#pragma unroll
+  for (int c = 0; c < RunWords<T, N>::kWords; ++c) {
+    dst[c] = r.w[c];
+  }
+}
+
+// Whether runs of N elements of `bytes` each at p can be moved as vectors
+// (nullptr: nothing to move).
+template <int N>
+__device__ __forceinline__ bool run_aligned(const void* p, int bytes) {
+  const int run = N * bytes;
+  const uintptr_t align = static_cast<uintptr_t>(run >= 16 ? 16 : run);
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % align == 0;
+}
+
+// live_bits for a run of N contiguous mask elements (run_aligned).
+template <typename W, int N>
+__device__ __forceinline__ unsigned live_run_as(const void* base, int64_t first, uint64_t one) {
+  W v[N];
+  load_run<W, N>(static_cast<const W*>(base) + first, v);
+  const W one_w = static_cast<W>(one);
+  unsigned bits = 0;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    bits |= v[j] == one_w ? (1u << j) : 0u;
+  }
+  return bits;
+}
+
+template <int N>
+__device__ __forceinline__ unsigned live_run(const void* base, int width, int64_t first, uint64_t one) {
+  switch (width) {
+    case 1:
+      return live_run_as<uint8_t, N>(base, first, one);
+    case 2:
+      return live_run_as<uint16_t, N>(base, first, one);
+    case 4:
+      return live_run_as<uint32_t, N>(base, first, one);
+    default:
+      return live_run_as<uint64_t, N>(base, first, one);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Histogram pass
 
@@ -214,6 +296,10 @@ struct HistArgs {
   ull* hist;            // 2^bits global bins (zeroed)
   void* cands;          // candidate key buffer (nullptr: single-pass key type)
   int64_t capacity;     // its size in keys
+  // Per tile, where the compacting pass put the tile's candidates:
+  // start << 16 | count (a block writes a tile's run in one piece), so the
+  // tie counts can read them (eq_count_cands_kernel). nullptr: not kept.
+  ull* cand_runs;
 };
 
 // Adds keys to a histogram, merging runs of one bin (heavy ties) into one
@@ -354,6 +440,9 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kHistBlock
               total += s_warp[w];
             }
             ull at = total != 0u ? atomicAdd(&st->cand_count, static_cast<ull>(total)) : 0ull;
+            if (a.cand_runs != nullptr) {
+              a.cand_runs[t] = (at << 16) | total;  // every tile, so no zeroing
+            }
             for (int w = 0; w < NWARPS; ++w) {
               s_off[w] = at;
               at += s_warp[w];
@@ -418,6 +507,32 @@ __device__ __forceinline__ unsigned thread_eq_count(
   const int tid = static_cast<int>(threadIdx.x);
   const void* alive = among_alive ? d.prev : nullptr;
   unsigned count = 0;
+  if constexpr (sizeof(key_t) == 2) {
+    // (a count does not depend on which thread sees which element: each takes
+    // ITEMS contiguous ones, as vectors)
+    if (run_aligned<ITEMS>(d.scores, 2) && run_aligned<ITEMS>(alive, mask_width)) {
+      const key_t* __restrict__ src = static_cast<const key_t*>(d.scores);
+#pragma unroll 1
+      for (int r = 0; r < ROUNDS; ++r) {
+        const int64_t first =
+            base + static_cast<int64_t>(r) * (BLOCK * ITEMS) + static_cast<int64_t>(tid) * ITEMS;
+        const int valid = in_range(first, d.numel, ITEMS);
+        key_t raw[ITEMS];
+        unsigned live;
+        if (valid == ITEMS) {
+          load_run<key_t, ITEMS>(src + first, raw);
+          live = alive != nullptr ? live_run<ITEMS>(alive, mask_width, first, one_bits) : (1u << ITEMS) - 1u;
+        } else {  // the tensor's end
+          live = load_keys<key_t, ITEMS, 1>(d.scores, alive, mask_width, one_bits, first, d.numel, raw);
+        }
+#pragma unroll
+        for (int j = 0; j < ITEMS; ++j) {
+          count += (((live >> j) & 1u) != 0u && Traits::key(raw[j]) == T) ? 1u : 0u;
+        }
+      }
+      return count;
+    }
+  }
 #pragma unroll 1
   for (int r = 0; r < ROUNDS; ++r) {
     key_t raw[ITEMS];
@@ -443,8 +558,8 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock
   using Reduce = cub::BlockReduce<unsigned, Cfg::kMaskBlock>;
   __shared__ typename Reduce::TempStorage temp;
 
-  if (st->invalid != 0 || st->split == 0) {
-    return;
+  if (st->invalid != 0 || st->split == 0 || st->use_cands != 0) {
+    return;  // (use_cands: eq_count_cands_kernel counts them)
   }
   const key_t T = static_cast<key_t>(st->threshold);
   const int tid = static_cast<int>(threadIdx.x);
@@ -452,6 +567,44 @@ __global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock
     const TensorDesc d = desc_of(descs, t);
     const int64_t base = (t - d.tile_begin) * Cfg::kTile;
     const unsigned count = thread_eq_count<Traits>(d, base, T, among_alive, mask_width, one_bits);
+    const unsigned total = Reduce(temp).Sum(count);
+    if (tid == 0) {
+      tile_eq[t] = total;
+    }
+    __syncthreads();  // temp is reused next tile
+  }
+}
+
+// The same per-tile counts where the select read its last digits from the
+// candidate buffer (st->use_cands): every alive key of the final bucket, T's
+// among them, is there, in one run per tile (HistArgs::cand_runs), so the
+// counts read at most the buffer's keys instead of the tensors. Without it,
+// split ties (most calls on fp32 data: about ten entries per ulp near the
+// median at 2^28) cost a full read of the scores.
+template <typename Traits>
+__global__ void __launch_bounds__(TileConfig<typename Traits::key_t>::kMaskBlock) eq_count_cands_kernel(
+    const void* __restrict__ cands, const ull* __restrict__ cand_runs, int64_t total_tiles,
+    const DevState* __restrict__ st, unsigned* __restrict__ tile_eq) {
+  using key_t = typename Traits::key_t;
+  using Cfg = TileConfig<key_t>;
+  using Reduce = cub::BlockReduce<unsigned, Cfg::kMaskBlock>;
+  __shared__ typename Reduce::TempStorage temp;
+  static_assert(Cfg::kTile < (1 << 16), "a tile's candidate count takes 16 bits of its run");
+
+  if (st->invalid != 0 || st->split == 0 || st->use_cands == 0) {
+    return;
+  }
+  const key_t T = static_cast<key_t>(st->threshold);
+  const key_t* __restrict__ c = static_cast<const key_t*>(cands);
+  const int tid = static_cast<int>(threadIdx.x);
+  for (int64_t t = blockIdx.x; t < total_tiles; t += gridDim.x) {
+    const ull run = cand_runs[t];
+    const int64_t begin = static_cast<int64_t>(run >> 16);
+    const int64_t end = begin + static_cast<int64_t>(run & 0xFFFFull);
+    unsigned count = 0;
+    for (int64_t i = begin + tid; i < end; i += Cfg::kMaskBlock) {
+      count += c[i] == T ? 1u : 0u;
+    }
     const unsigned total = Reduce(temp).Sum(count);
     if (tid == 0) {
       tile_eq[t] = total;
@@ -482,6 +635,21 @@ struct NoValues {};
 // mask's bits where there is one (it then has V's width, attach_values),
 // else 0 or 1. torch's apply_mask product, mask first.
 template <typename V, typename W>
+__device__ __forceinline__ V value_factor(W m, bool from_prev) {
+  V factor;
+  if constexpr (sizeof(W) == sizeof(V)) {
+    if (from_prev) {
+      memcpy(&factor, &m, sizeof(V));
+    } else {
+      factor = m != W(0) ? V(1) : V(0);
+    }
+  } else {
+    factor = m != W(0) ? V(1) : V(0);  // no default mask: m is 0 or 1
+  }
+  return factor;
+}
+
+template <typename V, typename W>
 __device__ __forceinline__ void put_value(const TensorDesc& d, int64_t i, W m, bool from_prev) {
   if constexpr (!std::is_same<V, NoValues>::value) {
     V factor;
@@ -495,6 +663,29 @@ __device__ __forceinline__ void put_value(const TensorDesc& d, int64_t i, W m, b
       factor = m != W(0) ? V(1) : V(0);  // no default mask: m is 0 or 1
     }
     static_cast<V*>(d.values_out)[i] = factor * static_cast<const V*>(d.values)[i];
+  }
+}
+
+// put_value for a run of N contiguous elements at first (run_aligned).
+template <typename V, typename W, int N>
+__device__ __forceinline__ void put_values_run(const TensorDesc& d, int64_t first, const W (&m)[N], bool from_prev) {
+  if constexpr (!std::is_same<V, NoValues>::value) {
+    V v[N];
+    load_run<V, N>(static_cast<const V*>(d.values) + first, v);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      v[j] = value_factor<V>(m[j], from_prev) * v[j];
+    }
+    store_run<V, N>(static_cast<V*>(d.values_out) + first, v);
+  }
+}
+
+template <typename V, int N>
+__device__ __forceinline__ bool values_aligned(const TensorDesc& d) {
+  if constexpr (std::is_same<V, NoValues>::value) {
+    return true;
+  } else {
+    return run_aligned<N>(d.values, sizeof(V)) && run_aligned<N>(d.values_out, sizeof(V));
   }
 }
 
@@ -550,6 +741,56 @@ __device__ __forceinline__ void write_mask_tile(
     }
     __syncthreads();  // temp is reused by the block's next cut tile
     return;
+  }
+
+  if constexpr (sizeof(key_t) == 2) {
+    // 16-bit keys: outside the cut tile no element depends on another, so
+    // each thread takes ITEMS contiguous ones and moves keys, mask and
+    // values as vectors (scalar 2-byte loads leave most of each memory
+    // transaction unused)
+    if (run_aligned<ITEMS>(src, 2) && run_aligned<ITEMS>(prev, sizeof(W)) && run_aligned<ITEMS>(out, sizeof(W)) &&
+        values_aligned<V, ITEMS>(d)) {
+#pragma unroll 1
+      for (int r = 0; r < ROUNDS; ++r) {
+        const int64_t first =
+            base + static_cast<int64_t>(r) * (BLOCK * ITEMS) + static_cast<int64_t>(tid) * ITEMS;
+        const int valid = in_range(first, n, ITEMS);
+        if (valid == ITEMS) {
+          key_t raw[ITEMS];
+          W pv[ITEMS];
+          W res[ITEMS];
+          load_run<key_t, ITEMS>(src + first, raw);
+          if (prev != nullptr) {
+            load_run<W, ITEMS>(prev + first, pv);
+          } else {
+#pragma unroll
+            for (int j = 0; j < ITEMS; ++j) {
+              pv[j] = one;
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < ITEMS; ++j) {
+            const key_t key = Traits::key(raw[j]);
+            const bool live = !filter_alive || pv[j] == one;
+            const bool sel = !none && live && (key < T || (incl && key == T));
+            res[j] = sel ? W(0) : pv[j];
+          }
+          store_run<W, ITEMS>(out + first, res);
+          put_values_run<V, W, ITEMS>(d, first, res, prev != nullptr);
+        } else {  // the tensor's end
+          for (int j = 0; j < valid; ++j) {
+            const int64_t i = first + j;
+            const W pv = prev != nullptr ? prev[i] : one;
+            const key_t key = Traits::key(src[i]);
+            const bool live = !filter_alive || pv == one;
+            const bool sel = !none && live && (key < T || (incl && key == T));
+            out[i] = sel ? W(0) : pv;
+            put_value<V>(d, i, sel ? W(0) : pv, prev != nullptr);
+          }
+        }
+      }
+      return;
+    }
   }
 
 #pragma unroll 1

@@ -169,6 +169,7 @@ class CudaPhases {
     a.st = reinterpret_cast<DevState*>(state.data_ptr());
     a.hist = reinterpret_cast<ull*>(hist.data_ptr());
     a.cands = nullptr;
+    a.cand_runs = nullptr;
     a.capacity = 0;
     launch_hist_kernel<Traits>(a, stream_);
     return hist;
