@@ -15,6 +15,7 @@ def test_quick_run(tmp_path, capsys):
     for opt in ("sgd", "adamw", "adamw fused"):
         t = r["training"][opt]
         assert t["torch hooks extra_bytes"] == 2 * t["param_bytes"]  # mask + weight
+        assert t["pruner over torch hooks"] > 0 and t["pruner over dense"] > 0
     for key in ("clone_s", "update_s", "remask_s", "inplace_pass_s", "torch_global_s"):
         assert r["update"][key] > 0
     report = capsys.readouterr().out
