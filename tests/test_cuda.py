@@ -251,8 +251,8 @@ def test_uniform_and_sorted_data(score_dtype):
 
 @pytest.mark.parametrize("score_dtype", [torch.float32, torch.float64], ids=str)
 def test_split_ties_counted_from_the_candidates(score_dtype):
-    # 2^21 entries (512 tiles: sampled) on a grid of 1e-3, about 800 entries
-    # per value near the median: k splits the ties at T, and the candidates
+    # 2^21 entries (512 tiles: sampled) on a grid of 1e-3, about 1,300
+    # entries per value near the median: k splits the ties at T, and the candidates
     # the window copied out hold them, so the tie counts are read from the
     # candidates' runs per tile (eq_count_cands_kernel), not from the tensors
     g = _gen(21)
@@ -267,9 +267,12 @@ def test_split_ties_counted_from_the_candidates(score_dtype):
     check_global_vs_cpu(parts, n // 2 + 5, [None] * 3)
     # the select alone: [T, below, equal, per-tensor ties where they split]
     select = torch.ops.pruneext.l1_select_threshold
-    got = select([p.cuda() for p in parts], [None] * 3, False, n // 2 + 5).cpu()
-    want = select(parts, [None] * 3, False, n // 2 + 5)
-    assert torch.equal(got, want) and int(got[3:].sum()) == int(got[2])
+    k = n // 2 + 5
+    got = select([p.cuda() for p in parts], [None] * 3, False, k).cpu()
+    want = select(parts, [None] * 3, False, k)
+    assert torch.equal(got, want)
+    assert 0 < k - int(got[1]) < int(got[2])  # the ties split (else no per-tensor counts)
+    assert int(got[3:].sum()) == int(got[2])
 
 
 @pytest.mark.parametrize("score_dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -284,15 +287,25 @@ def test_16bit_runs_aligned_or_not(score_dtype, offset):
     base = (torch.randint(-200, 200, (offset + n,), generator=g).to(torch.float64) / 16).to(score_dtype)
     x = base.cuda()[offset:]
     masks = make_mask((offset + n,), score_dtype, 41, odd_values=False).cuda()[offset:]
+    skewed = make_mask((n + 1,), score_dtype, 42, odd_values=False).cuda()[1:]  # never aligned
     for k in (1, n // 3, n // 2 + 1, n - 1):
         check_vs_cpu(x, k)
         check_vs_cpu(x, k // 2, masks, among_alive=True)
+        check_vs_cpu(x, k // 2, skewed, among_alive=True)  # (offsets 0, 8: keys aligned, the mask not)
     # the masked values in the same pass, into an output of the same offset
     out = torch.full((offset + n,), 7.0, dtype=score_dtype, device="cuda")[offset:]
     got = l1_mask(x, n // 2 + 1, None, False, x, out)
     torch.cuda.synchronize()
     assert_bit_identical(got, l1_mask(x.cpu(), n // 2 + 1))
     assert torch.equal(_bits(out), _bits(got.to(score_dtype) * x))
+    # values of another dtype than the keys (4- and 8-byte runs beside 2-byte keys)
+    for value_dtype in (torch.float32, torch.float64):
+        values = torch.randn(offset + n, generator=g, dtype=value_dtype).cuda()[offset:]
+        values_out = torch.empty_like(values)
+        got = l1_mask(x, n // 3, None, False, values, values_out)
+        torch.cuda.synchronize()
+        assert_bit_identical(got, l1_mask(x.cpu(), n // 3))
+        assert torch.equal(_bits(values_out), _bits(got.to(value_dtype) * values))
 
 
 # ---------------------------------------------------------------------------

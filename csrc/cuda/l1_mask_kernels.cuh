@@ -299,7 +299,7 @@ struct HistArgs {
   // Per tile, where the compacting pass put the tile's candidates:
   // start << 16 | count (a block writes a tile's run in one piece), so the
   // tie counts can read them (eq_count_cands_kernel). nullptr: not kept.
-  ull* cand_runs;
+  ull* cand_runs = nullptr;
 };
 
 // Adds keys to a histogram, merging runs of one bin (heavy ties) into one
