@@ -33,6 +33,12 @@ def phase_backend(request):
         yield backends._registry[name].phases, device
 
 
+def interpreted(device):
+    """Triton on CPU tensors: its interpreter, seconds for each select, so the
+    driver tests try fewer k there (on a GPU, every k)."""
+    return backends.get_backend() == "triton" and torch.device(device).type == "cpu"
+
+
 def test_native_backends_have_phases():
     for name in ("cpu", "cuda"):
         if name in backends.available_backends():
@@ -266,7 +272,8 @@ def test_select_equals_fused_global(phase_backend, case):
     alive = sum(x.numel() for x in xs) if not among_alive else sum(
         x.numel() if m is None else int((m == 1).sum()) for x, m in zip(xs, masks)
     )
-    for k in sorted({0, 1, alive // 7, alive // 2, alive - 1, alive} - {-1}):
+    ks = {1, alive // 2, alive - 1} if interpreted(device) else {0, 1, alive // 7, alive // 2, alive - 1, alive}
+    for k in sorted(ks - {-1}):
         got = select_loop.select(inp, lambda n, k=k: k)
         fused = ops.l1_mask_global(xs, k, masks, among_alive)
         assert_same_masks(got, fused)
@@ -281,7 +288,7 @@ def test_select_every_dtype_heavy_ties(phase_backend, dtype):
     masks = [random_mask((65_537,), torch.bool, 23, device), None, None]
     inp = ops.PhaseInput(xs, masks, True)
     alive = int(masks[0].sum()) + 1000 + 4097
-    for k in (0, 1, 20_000, 40_000, alive - 3, alive):
+    for k in (1, 40_000, alive - 3) if interpreted(device) else (0, 1, 20_000, 40_000, alive - 3, alive):
         assert_same_masks(select_loop.select(inp, lambda n, k=k: k), ops.l1_mask_global(xs, k, masks, True))
 
 
