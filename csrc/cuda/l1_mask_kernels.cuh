@@ -635,8 +635,7 @@ struct NoValues {};
 // mask's bits where there is one (it then has V's width, attach_values),
 // else 0 or 1. torch's apply_mask product, mask first.
 template <typename V, typename W>
-__device__ __forceinline__ V value_factor(W m, bool from_prev) {
-  V factor;
+__device__ __forceinline__ void value_factor(W m, bool from_prev, V& factor) {
   if constexpr (sizeof(W) == sizeof(V)) {
     if (from_prev) {
       memcpy(&factor, &m, sizeof(V));
@@ -646,25 +645,13 @@ __device__ __forceinline__ V value_factor(W m, bool from_prev) {
   } else {
     factor = m != W(0) ? V(1) : V(0);  // no default mask: m is 0 or 1
   }
-  return factor;
 }
 
-// (value_factor written out again: through the function, ptxas gives the
-// fp32 mask_kernel with values 32 registers and 24 bytes of spills, inline
-// 38 and none)
 template <typename V, typename W>
 __device__ __forceinline__ void put_value(const TensorDesc& d, int64_t i, W m, bool from_prev) {
   if constexpr (!std::is_same<V, NoValues>::value) {
     V factor;
-    if constexpr (sizeof(W) == sizeof(V)) {
-      if (from_prev) {
-        memcpy(&factor, &m, sizeof(V));
-      } else {
-        factor = m != W(0) ? V(1) : V(0);
-      }
-    } else {
-      factor = m != W(0) ? V(1) : V(0);  // no default mask: m is 0 or 1
-    }
+    value_factor(m, from_prev, factor);
     static_cast<V*>(d.values_out)[i] = factor * static_cast<const V*>(d.values)[i];
   }
 }
@@ -677,7 +664,9 @@ __device__ __forceinline__ void put_values_run(const TensorDesc& d, int64_t firs
     load_run<V, N>(static_cast<const V*>(d.values) + first, v);
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      v[j] = value_factor<V>(m[j], from_prev) * v[j];
+      V factor;
+      value_factor(m[j], from_prev, factor);
+      v[j] = factor * v[j];
     }
     store_run<V, N>(static_cast<V*>(d.values_out) + first, v);
   }
