@@ -234,3 +234,51 @@ def test_cpu_window_pass_on_digit_edges(dtype):
         got = torch.ops.pruneext.l1_mask_global(parts, k, [None, None], False)
         want = oracle(parts, k)
         assert all(torch.equal(a, b) for a, b in zip(got, want)), k
+
+
+def _keyed_threshold(tensors, k):
+    """[T, below, equal] of the k-th smallest magnitude key by numpy: the
+    bits of |x| (NaN as the largest key), sorted."""
+    ints = {torch.float32: np.int32, torch.float64: np.int64}[tensors[0].dtype]
+    mags = np.concatenate([t.abs().reshape(-1).numpy() for t in tensors])
+    keys = mags.view(ints).astype(np.int64)
+    keys[np.isnan(mags)] = np.iinfo(ints).max
+    t = np.sort(keys)[k - 1]
+    return [int(t), int((keys < t).sum()), int((keys == t).sum())]
+
+
+def _window_cases(dtype, n, seed):
+    """Data whose k-th key puts the CPU select's sampled key window in its
+    corners: on a coarse grid (many keys equal to the window's edges), on a
+    plateau of one value wider than the window (a window of one key), and
+    across an exponent edge (the window's keys share few high bits)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g, dtype=torch.float64)
+    grid = (x * 64).round() / 64
+    plateau = x.clone()
+    plateau[torch.randperm(n, generator=g)[: n // 12]] = 0.75
+    edge = x / x.abs().median()  # the middle key at exactly 1.0
+    below_plateau = int((plateau.abs() < 0.75).sum())
+    return [
+        ("grid", grid.to(dtype), (n // 3, n // 2, n - n // 9)),
+        ("plateau", plateau.to(dtype), (below_plateau + 1, below_plateau + n // 24, below_plateau + n // 12)),
+        ("edge", edge.to(dtype), (n // 2 - 1, n // 2, n // 2 + 1, n // 2 + n // 100)),
+    ]
+
+
+@pytest.mark.skipif("cpu" not in pruneext.available_backends(), reason="the C++ backend was not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_key_window_corners(dtype):
+    """The C++ select's sampled window is a range of keys (two sampled keys)
+    and its radix goes on below their common high bits: masks and
+    l1_select_threshold against numpy where the window is a grid's keys, a
+    single key, or straddles an exponent (two tensors, no default mask)."""
+    n = 3 << 18
+    for name, x, ks in _window_cases(dtype, n, seed=5):
+        parts = [x[: 1 << 18], x[1 << 18 :]]
+        for k in ks:
+            got = torch.ops.pruneext.l1_mask_global(parts, k, [None, None], False)
+            want = oracle(parts, k)
+            assert all(torch.equal(a, b) for a, b in zip(got, want)), (name, k)
+            found = torch.ops.pruneext.l1_select_threshold(parts, [None, None], False, k)
+            assert found[:3].tolist() == _keyed_threshold(parts, k), (name, k)

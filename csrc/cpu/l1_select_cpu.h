@@ -11,6 +11,12 @@
 //   3. with the threshold key T and r = k - count(key < T), count the entries
 //      equal to T per item, give each item its share of r in item order (so
 //      ties go to the lowest flat index) and write the mask in one pass.
+// A sample of the keys guesses a narrow range of them that holds the k-th
+// (guess_window): where no default mask filters, steps 1-2 become one read
+// that counts the keys below the range and copies those in it (window_pass),
+// and the radix resolves the rest on those few per cent, below the high
+// bits the range's keys share; where one filters, the first pass keeps the
+// range's first digits as it counts.
 // No sort and no index tensor: the extra memory is the candidate lists
 // (at most a quarter of the keys) and the per-thread histograms.
 //
@@ -136,55 +142,55 @@ class CpuSelect {
 
   Found find() {
     int shift = Plan::kFirstShift;
-    // A sample guesses which first digits can hold the k-th key, so the
-    // first pass also keeps those keys and no second full read is needed
-    // when the guess holds (it nearly always does).
+    // A sample guesses which keys can be the k-th, so the first pass also
+    // keeps those keys and no second full read is needed when the guess
+    // holds (it nearly always does).
     window_ = shift > 0 ? guess_window() : Window{};
-    std::vector<int64_t> h;
-    int64_t below_window = 0;
     if (window_.collect && !filtered()) {
       // Every entry is alive: the first pass need only count the keys
-      // below the window and copy those in it out; the first digit's
-      // histogram is then the candidates'.
-      const int64_t in_window = window_pass(below_window);
+      // below the window and copy those in it out. Every candidate shares
+      // the window's high bits, so the radix goes on below them.
+      int64_t below = 0;
+      const int64_t in_window = window_pass(below);
       TORCH_CHECK(
           k_ <= n_total_, "l1_mask: k=", k_, " exceeds the ", n_total_,
           " entries that can be pruned");
-      if (below_window < k_ && k_ <= below_window + in_window) {
-        h = histogram(shift, Plan::kFirstDigitBits, 0);  // (over the candidates)
-      } else {  // the guess missed: a full first pass
-        cands_.clear();
-        compacted_ = false;
-        window_ = Window{};
-        below_window = 0;
+      if (below < k_ && k_ <= below + in_window) {
+        const int low = window_.low_bits;
+        return resolve(low, static_cast<uint64_t>(window_.lo_key) >> low, k_ - below, below, in_window);
       }
+      // the guess missed: a full first pass
+      cands_.clear();
+      compacted_ = false;
+      window_ = Window{};
     }
-    if (h.empty()) {
-      h = histogram(shift, Plan::kFirstDigitBits, 0);
-      const int64_t alive = std::accumulate(h.begin(), h.end(), int64_t(0));
-      TORCH_CHECK(
-          k_ <= alive, "l1_mask: k=", k_, " exceeds the ", alive,
-          " entries that can be pruned");
-    }
-    Bucket bucket = find_bucket(h, k_ - below_window);
-    int64_t rank = k_ - below_window - bucket.below;
-    int64_t count_lt = below_window + bucket.below;
-    int64_t equal = h[bucket.index];
-    uint64_t prefix = static_cast<uint64_t>(bucket.index);
-    if (window_.collect && !compacted_) {
+    std::vector<int64_t> h = histogram(shift, Plan::kFirstDigitBits, 0);
+    const int64_t alive = std::accumulate(h.begin(), h.end(), int64_t(0));
+    TORCH_CHECK(
+        k_ <= alive, "l1_mask: k=", k_, " exceeds the ", alive,
+        " entries that can be pruned");
+    const Bucket bucket = find_bucket(h, k_);
+    if (window_.collect) {  // (the first pass kept the window's keys)
       compacted_ = window_.lo <= bucket.index && bucket.index <= window_.hi;
       if (!compacted_) {
         cands_.clear();  // the guess missed: fall back to a compaction pass
       }
     }
     if (!compacted_ && shift > 0 && h[bucket.index] * 4 <= n_total_) {
-      compact(shift, static_cast<key_t>(prefix));
+      compact(shift, static_cast<key_t>(bucket.index));
     }
+    return resolve(shift, static_cast<uint64_t>(bucket.index), k_ - bucket.below, bucket.below, h[bucket.index]);
+  }
+
+  // The radix passes below `shift`: the rank-th smallest of the alive keys
+  // whose bits above `shift` are `prefix` (count_lt keys are below them,
+  // `equal` have them).
+  Found resolve(int shift, uint64_t prefix, int64_t rank, int64_t count_lt, int64_t equal) {
     while (shift > 0) {
       const int bits = std::min(Plan::kDigitBits, shift);
       shift -= bits;
-      h = histogram(shift, bits, static_cast<key_t>(prefix));
-      bucket = find_bucket(h, rank);
+      const std::vector<int64_t> h = histogram(shift, bits, static_cast<key_t>(prefix));
+      const Bucket bucket = find_bucket(h, rank);
       rank -= bucket.below;
       count_lt += bucket.below;
       equal = h[bucket.index];
@@ -204,18 +210,25 @@ class CpuSelect {
   }
 
  private:
-  // First digits [lo, hi] whose keys the first pass keeps as candidates.
+  // The keys the first pass keeps as candidates: first digits [lo, hi]
+  // where a default mask filters (the full histogram's pass), the keys
+  // [lo_key, lo_key + span] where none does (window_pass). The latter share
+  // their bits above low_bits.
   struct Window {
     bool collect = false;
     int64_t lo = 0;
     int64_t hi = -1;
-    double fraction = 0;  // of the alive entries, as sampled
+    key_t lo_key = 0;
+    key_t span = 0;
+    int low_bits = 0;
+    double digit_fraction = 0;  // of the alive entries in digits [lo, hi], as sampled
+    double fraction = 0;  // in keys [lo_key, lo_key + span]
   };
 
-  // Evenly spaced sample of the alive first digits: the k-th key's digit is
-  // within a few standard deviations of the sample's k/n quantile. No
-  // window (a plain first pass) when it would keep over an eighth of the
-  // entries (heavy ties) or the tensor is small.
+  // Evenly spaced sample of the alive keys: the k-th key is within a few
+  // standard deviations of the sample's k/n quantile. No window (a plain
+  // first pass) when its digits would keep over an eighth of the entries
+  // (heavy ties) or the tensor is small.
   Window guess_window() const {
     if (n_total_ < (int64_t(1) << 18)) {
       return {};
@@ -224,20 +237,20 @@ class CpuSelect {
     // sample) and 2^15 (strided reads are cache misses)
     const int64_t target = std::clamp<int64_t>(n_total_ / 64, int64_t(1) << 14, int64_t(1) << 15);
     const int64_t step = std::max<int64_t>(1, n_total_ / target);
-    std::vector<int64_t> hist(int64_t(1) << Plan::kFirstDigitBits, 0);
+    std::vector<key_t> sample;
+    sample.reserve(static_cast<size_t>(target + items_.size()));
     int64_t sampled = 0;
-    int64_t m = 0;
     const mask_t one = one_;
     for (const Item& it : items_) {
       const mask_t* alive = alive_[it.job];
       for (int64_t i = it.begin; i < it.end; i += step) {
         ++sampled;
         if (alive == nullptr || alive[i] == one) {
-          ++hist[Traits::key(raw_[it.job][i]) >> Plan::kFirstShift];
-          ++m;
+          sample.push_back(Traits::key(raw_[it.job][i]));
         }
       }
     }
+    const auto m = static_cast<int64_t>(sample.size());
     if (m < 1024) {
       return {};
     }
@@ -246,15 +259,31 @@ class CpuSelect {
     const double alive_estimate = static_cast<double>(m) / sampled * n_total_;
     const double at = std::min<double>(m - 1, static_cast<double>(k_) / alive_estimate * m);
     const double margin = 3.0 * std::sqrt(static_cast<double>(m)) + 16.0;
-    const auto lo_rank = static_cast<int64_t>(std::max(0.0, at - margin)) + 1;  // 1-based
-    const auto hi_rank = static_cast<int64_t>(std::min<double>(m - 1, at + margin)) + 1;
-    const Bucket lo = find_bucket(hist, lo_rank);
-    const Bucket hi = find_bucket(hist, hi_rank);
-    const int64_t kept = hi.below + hist[hi.index] - lo.below;
-    if (kept * 8 > m) {
+    const auto lo_at = static_cast<int64_t>(std::max(0.0, at - margin));  // 0-based ranks
+    const auto hi_at = static_cast<int64_t>(std::min<double>(m - 1, at + margin));
+    std::nth_element(sample.begin(), sample.begin() + lo_at, sample.end());
+    std::nth_element(sample.begin() + lo_at, sample.begin() + hi_at, sample.end());
+    Window w;
+    w.lo_key = sample[lo_at];
+    w.span = static_cast<key_t>(sample[hi_at] - w.lo_key);
+    w.lo = static_cast<int64_t>(w.lo_key >> Plan::kFirstShift);
+    w.hi = static_cast<int64_t>(sample[hi_at] >> Plan::kFirstShift);
+    const auto diff = static_cast<uint64_t>(w.lo_key ^ sample[hi_at]);
+    w.low_bits = diff == 0 ? 0 : 64 - __builtin_clzll(diff);
+    int64_t in_digits = 0;
+    int64_t in_keys = 0;
+    for (const key_t key : sample) {
+      in_digits += static_cast<uint64_t>(key >> Plan::kFirstShift) - static_cast<uint64_t>(w.lo) <=
+          static_cast<uint64_t>(w.hi - w.lo);
+      in_keys += static_cast<key_t>(key - w.lo_key) <= w.span;
+    }
+    if (in_digits * 8 > m) {
       return {};
     }
-    return Window{true, lo.index, hi.index, static_cast<double>(kept) / m};
+    w.collect = true;
+    w.digit_fraction = static_cast<double>(in_digits) / m;
+    w.fraction = static_cast<double>(in_keys) / m;
+    return w;
   }
 
  public:
@@ -343,19 +372,44 @@ class CpuSelect {
   }
 
  private:
+  // Over the compacted lists: drops the keys without `prefix` above
+  // shift + bits as it counts. Branch-free, as the full read: about half
+  // the candidates leave at the window's first digit, at random; and the
+  // counts go round-robin into four sub-histograms so a run of equal
+  // digits does not serialise on one counter.
   void histogram_candidates(int64_t b, int64_t e, int shift, int bits, key_t prefix, int64_t* h) {
-    const key_t digit_mask = static_cast<key_t>((uint64_t(1) << bits) - 1);
+    const int64_t nbins = int64_t(1) << bits;
+    const key_t digit_mask = static_cast<key_t>(nbins - 1);
     const int high = shift + bits;
+    std::vector<int64_t> sub(static_cast<size_t>(4 * nbins), 0);
     for (int64_t idx = b; idx < e; ++idx) {
       auto& c = cands_[idx];
+      key_t* keys = c.data();
+      const size_t n = c.size();
       size_t kept = 0;
-      for (const key_t key : c) {
-        if (static_cast<key_t>(key >> high) == prefix) {
-          c[kept++] = key;
-          ++h[(key >> shift) & digit_mask];
-        }
+      auto count = [&](int64_t* sh, key_t key) {
+        const bool take = static_cast<key_t>(key >> high) == prefix;
+        keys[kept] = key;  // (kept <= the index read: compaction in place)
+        kept += take;
+        sh[(key >> shift) & digit_mask] += take;
+      };
+      size_t i = 0;
+      for (; i + 4 <= n; i += 4) {
+        const key_t k0 = keys[i], k1 = keys[i + 1], k2 = keys[i + 2], k3 = keys[i + 3];
+        count(sub.data(), k0);
+        count(sub.data() + nbins, k1);
+        count(sub.data() + 2 * nbins, k2);
+        count(sub.data() + 3 * nbins, k3);
+      }
+      for (; i < n; ++i) {
+        count(sub.data(), keys[i]);
       }
       c.resize(kept);
+    }
+    for (int cpy = 0; cpy < 4; ++cpy) {
+      for (int64_t d = 0; d < nbins; ++d) {
+        h[d] += sub[cpy * nbins + d];
+      }
     }
   }
 
@@ -430,7 +484,7 @@ class CpuSelect {
       const uint64_t win_span = static_cast<uint64_t>(window_.hi - window_.lo);
       Appender cands;
       if constexpr (kCollect) {
-        cands.start(&cands_[idx], static_cast<size_t>(1.5 * window_.fraction * (it.end - it.begin)) + 16);
+        cands.start(&cands_[idx], static_cast<size_t>(1.5 * window_.digit_fraction * (it.end - it.begin)) + 16);
       }
       auto run = [&](auto filtered) {
         constexpr bool kFiltered = decltype(filtered)::value;
@@ -486,15 +540,14 @@ class CpuSelect {
   }
 
   // The first pass of an unfiltered list with a window: per item, counts
-  // the keys whose first digit is below window_ and copies those within it
-  // to the item's candidates (flat order). Returns the candidates; `below`
+  // the keys below window_.lo_key and copies those in [lo_key, lo_key +
+  // span] to the item's candidates (flat order). Returns the candidates; `below`
   // gets the count below.
   int64_t window_pass(int64_t& below) {
     cands_.assign(items_.size(), {});
     std::vector<int64_t> below_of(items_.size(), 0);
-    const key_t lo = static_cast<key_t>(static_cast<key_t>(window_.lo) << Plan::kFirstShift);
-    // the last key of digit hi ((hi + 1) << shift fits: the key has a bit fewer)
-    const key_t span = static_cast<key_t>((static_cast<key_t>(window_.hi + 1) << Plan::kFirstShift) - 1 - lo);
+    const key_t lo = window_.lo_key;
+    const key_t span = window_.span;
     at::parallel_for(0, static_cast<int64_t>(items_.size()), 1, [&](int64_t b, int64_t e) {
       for (int64_t idx = b; idx < e; ++idx) {
         const Item& it = items_[idx];
