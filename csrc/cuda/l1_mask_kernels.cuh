@@ -735,6 +735,12 @@ __device__ __forceinline__ void write_mask_tile(
     return;
   }
 
+  // Outside the cut tile the rule is the same for every entry: alive, and
+  // key < T or (incl) key == T; nothing when none.
+  const auto selected = [=](key_t key, W pv) {
+    return !none && (!filter_alive || pv == one) && (key < T || (incl && key == T));
+  };
+
   if constexpr (sizeof(key_t) == 2) {
     // 16-bit keys: outside the cut tile no element depends on another, so
     // each thread takes ITEMS contiguous ones and moves keys, mask and
@@ -762,9 +768,7 @@ __device__ __forceinline__ void write_mask_tile(
           }
 #pragma unroll
           for (int j = 0; j < ITEMS; ++j) {
-            const key_t key = Traits::key(raw[j]);
-            const bool live = !filter_alive || pv[j] == one;
-            const bool sel = !none && live && (key < T || (incl && key == T));
+            const bool sel = selected(Traits::key(raw[j]), pv[j]);
             res[j] = sel ? W(0) : pv[j];
           }
           store_run<W, ITEMS>(out + first, res);
@@ -773,9 +777,7 @@ __device__ __forceinline__ void write_mask_tile(
           for (int j = 0; j < valid; ++j) {
             const int64_t i = first + j;
             const W pv = prev != nullptr ? prev[i] : one;
-            const key_t key = Traits::key(src[i]);
-            const bool live = !filter_alive || pv == one;
-            const bool sel = !none && live && (key < T || (incl && key == T));
+            const bool sel = selected(Traits::key(src[i]), pv);
             out[i] = sel ? W(0) : pv;
             put_value<V>(d, i, sel ? W(0) : pv, prev != nullptr);
           }
@@ -812,9 +814,7 @@ __device__ __forceinline__ void write_mask_tile(
 #pragma unroll
     for (int j = 0; j < ITEMS; ++j) {
       if (j * BLOCK < valid) {
-        const key_t key = Traits::key(raw[j]);
-        const bool live = !filter_alive || pv[j] == one;
-        const bool sel = !none && live && (key < T || (incl && key == T));
+        const bool sel = selected(Traits::key(raw[j]), pv[j]);
         o[j * BLOCK] = sel ? W(0) : pv[j];
         put_value<V>(d, first + j * BLOCK, sel ? W(0) : pv[j], prev != nullptr);
       }
