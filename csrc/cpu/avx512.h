@@ -8,8 +8,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#include <cstdlib>
-#include <cstring>
+#include "env_switch.h"
 
 #define PRUNEEXT_AVX512 1
 
@@ -17,7 +16,7 @@ namespace pruneext {
 
 inline bool use_avx512() {
   static const bool use = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      !(std::getenv("PRUNEEXT_NO_AVX512") && std::strcmp(std::getenv("PRUNEEXT_NO_AVX512"), "1") == 0);
+      !env_is_one("PRUNEEXT_NO_AVX512");
   return use;
 }
 

@@ -17,14 +17,13 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
 
 #include "../l1_mask_common.h"
+#include "env_switch.h"
 
 namespace pruneext {
 namespace cpu {
@@ -34,8 +33,7 @@ inline void advise_huge_pages(const at::Tensor& t) {
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   // below two huge pages the advice saves little and splits a mapping
   constexpr uintptr_t kMinBytes = 2 * kHuge;
-  static const bool enabled =
-      !(std::getenv("PRUNEEXT_NO_HUGE_PAGES") && std::strcmp(std::getenv("PRUNEEXT_NO_HUGE_PAGES"), "1") == 0);
+  static const bool enabled = !env_is_one("PRUNEEXT_NO_HUGE_PAGES");
   if (!enabled || !t.defined() || !t.is_cpu() || !t.is_contiguous()) {
     return;
   }
