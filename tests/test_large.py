@@ -9,19 +9,31 @@ from pruneext import backends
 
 N = 2**31 + 17
 PERIOD = 7  # x[i] = i % PERIOD: every value is tied about 307 million times
-CHUNK = 2**26
+CHUNK = PERIOD * 2**23  # a whole number of periods: every chunk starts at value 0
 
 
 CPU_BACKENDS = [b for b in ("cpu",) if b in backends.available_backends()]
 
 
+def _period_chunk():
+    """i % PERIOD over one chunk, as int64."""
+    return torch.arange(CHUNK, dtype=torch.int64) % PERIOD
+
+
 def periodic_scores():
-    """x[i] = i % PERIOD as bfloat16 (which holds 0..6 exactly): 4.3 GB."""
+    """x[i] = i % PERIOD as bfloat16 (which holds 0..6 exactly): 4.3 GB,
+    copied chunk by chunk from one chunk's values."""
     x = torch.empty(N, dtype=torch.bfloat16)
+    chunk = _period_chunk().to(torch.bfloat16)
     for start in range(0, N, CHUNK):
         stop = min(N, start + CHUNK)
-        x[start:stop] = (torch.arange(start, stop, dtype=torch.int64) % PERIOD).to(torch.bfloat16)
+        x[start:stop] = chunk[: stop - start]
     return x
+
+
+@pytest.fixture(scope="module")
+def scores():
+    return periodic_scores()
 
 
 THRESHOLD = 3
@@ -33,15 +45,24 @@ CUTOFF = THRESHOLD + (TIES_TAKEN - 1) * PERIOD
 
 
 def check_cut(mask):
-    """mask zeroes every value below THRESHOLD and its ties up to CUTOFF."""
+    """mask zeroes every value below THRESHOLD and its ties up to CUTOFF.
+    The expected zeros of a chunk are one of two patterns (the ties zeroed
+    or not) but in the chunk that holds CUTOFF, built from its indices."""
     assert CUTOFF > 2**31
     assert mask.dtype == torch.bfloat16 and mask.numel() == N
+    value = _period_chunk()
+    ties_zeroed = value <= THRESHOLD
+    ties_kept = value < THRESHOLD
     zeros = 0
     for start in range(0, N, CHUNK):
         stop = min(N, start + CHUNK)
-        idx = torch.arange(start, stop, dtype=torch.int64)
-        value = idx % PERIOD
-        expected_zero = (value < THRESHOLD) | ((value == THRESHOLD) & (idx <= CUTOFF))
+        if stop - 1 <= CUTOFF:
+            expected_zero = ties_zeroed[: stop - start]
+        elif start > CUTOFF:
+            expected_zero = ties_kept[: stop - start]
+        else:
+            idx = torch.arange(start, stop, dtype=torch.int64)
+            expected_zero = ties_kept[: stop - start] | ((value[: stop - start] == THRESHOLD) & (idx <= CUTOFF))
         got_zero = mask[start:stop] == 0
         assert torch.equal(got_zero, expected_zero), f"chunk at {start}"
         zeros += int(got_zero.sum())
@@ -50,17 +71,16 @@ def check_cut(mask):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_exact_k_past_2_31_on_cpu(backend):
-    x = periodic_scores()
+def test_exact_k_past_2_31_on_cpu(backend, scores):
     with pruneext.use_backend(backend):
-        check_cut(pruneext.ops.l1_mask(x, K))
+        check_cut(pruneext.ops.l1_mask(scores, K))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_phases_past_2_31_on_cpu(backend):
+def test_phases_past_2_31_on_cpu(backend, scores):
     # 64-bit bins, per-tensor counts and a tie budget cut past 2^31
-    x = periodic_scores()
+    x = scores
     phases = backends._registry[backend].phases
     keys = [int(k) for k in ref.magnitude_key(torch.arange(PERIOD).to(torch.bfloat16))]
     hist = phases.key_histogram([x], [], False, 0, 15, 0)
