@@ -261,14 +261,17 @@ class CpuSelect {
     const double margin = 3.0 * std::sqrt(static_cast<double>(m)) + 16.0;
     const auto lo_at = static_cast<int64_t>(std::max(0.0, at - margin));  // 0-based ranks
     const auto hi_at = static_cast<int64_t>(std::min<double>(m - 1, at + margin));
-    std::nth_element(sample.begin(), sample.begin() + lo_at, sample.end());
-    std::nth_element(sample.begin() + lo_at, sample.begin() + hi_at, sample.end());
     Window w;
-    w.lo_key = sample[lo_at];
-    w.span = static_cast<key_t>(sample[hi_at] - w.lo_key);
+    std::nth_element(sample.begin(), sample.begin() + lo_at, sample.end());
+    w.lo_key = sample[lo_at];  // (before the next partition moves it)
+    if (hi_at > lo_at) {
+      std::nth_element(sample.begin() + lo_at + 1, sample.begin() + hi_at, sample.end());
+    }
+    const key_t hi_key = sample[hi_at];
+    w.span = static_cast<key_t>(hi_key - w.lo_key);
     w.lo = static_cast<int64_t>(w.lo_key >> Plan::kFirstShift);
-    w.hi = static_cast<int64_t>(sample[hi_at] >> Plan::kFirstShift);
-    const auto diff = static_cast<uint64_t>(w.lo_key ^ sample[hi_at]);
+    w.hi = static_cast<int64_t>(hi_key >> Plan::kFirstShift);
+    const auto diff = static_cast<uint64_t>(w.lo_key ^ hi_key);
     w.low_bits = diff == 0 ? 0 : 64 - __builtin_clzll(diff);
     int64_t in_digits = 0;
     int64_t in_keys = 0;
