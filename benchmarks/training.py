@@ -3,12 +3,13 @@ and torch.nn.utils.prune's hook reparametrization.
 
     python -m benchmarks.training [--device cpu] [--reps 5] [--json out.json] [--quick]
 
-Three parts, each a median over `reps` runs in this process (the memory
+Four parts, each a median over `reps` runs in this process (the memory
 figures in a fresh subprocess each):
 
 1. One mask update over 16 x Linear(2048, 2048) fp32 (67.1 M entries), a
    global 50 % update of a pruner at 0 %, against `clone()` of every weight
-   (fresh memory, as a copy costs) and torch's `global_unstructured` at 50 %;
+   (fresh memory, as a copy costs), `copy_()` into existing tensors (no page
+   faults) and torch's `global_unstructured` at 50 %;
    re-masking (`pruner.apply()`, the pass after each optimizer step) against
    one in-place pass over the weights (`mul_(1)`).
 2. Memory: the pruner's persistent state (its masks) and the peak extra
@@ -22,6 +23,9 @@ figures in a fresh subprocess each):
    (global_unstructured at 50 % first); the pruner at 50 % with no update in
    the step (pruner.step() re-masks only); the pruner updating every step (a
    schedule that rises each step).
+4. What each method adds to that step, timed alone (at least 15 runs): torch's
+   hooks recomputing every weight and masking its gradient, against the
+   pruner masking the gradients in place and re-zeroing the weights.
 """
 import argparse
 import copy
@@ -89,9 +93,11 @@ def update_figures(device, reps, width):
 
     pruner = fresh_pruner()
     pruner.step()
+    copies = [torch.empty_like(w) for w in weights]
     out = {
         "entries": sum(w.numel() for w in weights),
         "clone_s": median_time(lambda _: [w.detach().clone() for w in weights], reps, device),
+        "copy_s": median_time(lambda _: [c.copy_(w.detach()) for c, w in zip(copies, weights)], reps, device),
         "inplace_pass_s": median_time(lambda _: [w.detach().mul_(1) for w in weights], reps, device),
         "update_s": median_time(lambda p: p.step(), reps, device, setup=fresh_pruner),
         "remask_s": median_time(lambda _: pruner.apply(), reps, device),
@@ -101,6 +107,7 @@ def update_figures(device, reps, width):
         ),
     }
     out["update_over_clone"] = out["update_s"] / out["clone_s"]
+    out["update_over_copy"] = out["update_s"] / out["copy_s"]
     out["remask_over_pass"] = out["remask_s"] / out["inplace_pass_s"]
     out["torch_over_update"] = out["torch_global_s"] / out["update_s"]
     return out
@@ -256,6 +263,55 @@ def training_figures(device, reps, quick, optimizer):
     return out
 
 
+# ------------------------------------- 4. what each method adds, alone
+
+
+def added_work_figures(device, reps, quick):
+    """What each method adds to a training step of the decoder (50 %
+    pruned), timed alone: in a whole step it sits among matmuls whose
+    run-to-run spread on a shared CPU is larger than it.
+
+    torch's hooks: the forward pre-hook recomputing every `weight` as
+    `weight_orig * weight_mask`, and the backward of that product (the
+    gradient times the mask, into `weight_orig.grad`). The pruner: its hooks
+    masking every accumulated gradient in place, and `pruner.step()`
+    re-zeroing the pruned weights (no update)."""
+    torch.manual_seed(0)
+    base = Decoder(**(dict(vocab=512, dim=128, ffn=344, blocks=2) if quick else {})).to(device)
+    grads = [torch.randn_like(m.weight) for m, _ in _linear_pairs(base)]
+
+    hooked = copy.deepcopy(base)
+    pairs = _linear_pairs(hooked)
+    torch_prune.global_unstructured(pairs, torch_prune.L1Unstructured, amount=0.5)
+    methods = [
+        next(h for h in m._forward_pre_hooks.values() if isinstance(h, torch_prune.BasePruningMethod)) for m, _ in pairs
+    ]
+
+    def torch_hooks(_):
+        for (m, name), method, g in zip(pairs, methods, grads):
+            method(m, ())  # weight = weight_orig * weight_mask, as before each forward
+            getattr(m, name + "_orig").grad = None  # (zero_grad(set_to_none=True))
+            getattr(m, name).backward(g)  # weight_orig.grad = g * weight_mask
+
+    lean = copy.deepcopy(base)
+    pruner = pruneext.MagnitudePruner(_linear_pairs(lean), 0.5)
+    grad_hooks = [pruner._grad_hook(j) for j in range(len(pruner.params))]  # what it registered
+
+    def pruner_work(fresh):
+        for p, g, hook in zip(pruner.params, fresh, grad_hooks):
+            p.grad = g  # what autograd accumulates: the matmul's gradient, as is
+            hook(p)
+        pruner.step()
+
+    out = {
+        "torch hooks added_s": median_time(torch_hooks, reps, device),
+        # (the fresh gradients made untimed: the matmuls make them under either method)
+        "pruner added_s": median_time(pruner_work, reps, device, setup=lambda: [g.clone() for g in grads]),
+    }
+    out["pruner over torch hooks"] = out["pruner added_s"] / out["torch hooks added_s"]
+    return out
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -267,8 +323,10 @@ def format_report(r):
         f"## 1. Update over 16 x Linear({r['width']}, {r['width']}) fp32 ({u['entries'] / 1e6:.1f} M entries)",
         "| | median | ratio |",
         "|---|---|---|",
-        f"| clone() of every weight | {ms(u['clone_s'])} | 1.00x |",
-        f"| pruner update 0 -> 50 % (global) | {ms(u['update_s'])} | {u['update_over_clone']:.2f}x clone |",
+        f"| clone() of every weight (fresh memory) | {ms(u['clone_s'])} | 1.00x |",
+        f"| copy_() into existing tensors | {ms(u['copy_s'])} | 1.00x |",
+        f"| pruner update 0 -> 50 % (global) | {ms(u['update_s'])} | {u['update_over_clone']:.2f}x clone,"
+        f" {u['update_over_copy']:.2f}x copy_ |",
         f"| torch global_unstructured 50 % | {ms(u['torch_global_s'])} | {u['torch_over_update']:.1f}x the update |",
         f"| in-place pass (mul_(1)) | {ms(u['inplace_pass_s'])} | 1.00x |",
         f"| re-mask (pruner.apply()) | {ms(u['remask_s'])} | {u['remask_over_pass']:.2f}x the pass |",
@@ -294,6 +352,14 @@ def format_report(r):
         f"| {r['training'][name]['pruner over torch hooks']:.3f}x" for name in OPTIMIZERS) + " |")
     lines.append("")
     lines.append("(over dense, over torch hooks: medians of the ratios within each round)")
+    a = r["added"]
+    lines += [
+        "",
+        "## 4. What each method adds to a step, timed alone (the decoder, 50 % pruned)",
+        f"- torch's hooks (weight recomputed, its gradient times the mask): {ms(a['torch hooks added_s'])}",
+        f"- the pruner (gradients masked in place, pruner.step() re-zeroing): {ms(a['pruner added_s'])},"
+        f" {a['pruner over torch hooks']:.2f}x the hooks'",
+    ]
     return "\n".join(lines)
 
 
@@ -317,6 +383,7 @@ def main(argv=None):
         "update": update_figures(args.device, args.reps, width),
         "memory": memory_figures(width),
         "training": {name: training_figures(args.device, args.reps, args.quick, name) for name in OPTIMIZERS},
+        "added": added_work_figures(args.device, max(args.reps, 15), args.quick),
     }
     print(format_report(result))
     if args.json:

@@ -16,7 +16,12 @@ def test_quick_run(tmp_path, capsys):
         t = r["training"][opt]
         assert t["torch hooks extra_bytes"] == 2 * t["param_bytes"]  # mask + weight
         assert t["pruner over torch hooks"] > 0 and t["pruner over dense"] > 0
-    for key in ("clone_s", "update_s", "remask_s", "inplace_pass_s", "torch_global_s"):
+    for key in ("clone_s", "copy_s", "update_s", "remask_s", "inplace_pass_s", "torch_global_s"):
         assert r["update"][key] > 0
+    assert r["update"]["update_over_copy"] == pytest.approx(r["update"]["update_s"] / r["update"]["copy_s"])
+    added = r["added"]
+    assert added["torch hooks added_s"] > 0 and added["pruner added_s"] > 0
+    assert added["pruner over torch hooks"] == pytest.approx(added["pruner added_s"] / added["torch hooks added_s"])
     report = capsys.readouterr().out
     assert "pruner update 0 -> 50 % (global)" in report and "| pruner, updating |" in report
+    assert "## 4. What each method adds" in report
