@@ -2,6 +2,7 @@
 and torch.nn.utils.prune's hook reparametrization.
 
     python -m benchmarks.training [--device cpu] [--reps 5] [--json out.json] [--quick]
+                                  [--parts update,memory,training,added]
 
 Four parts, each a median over `reps` runs in this process (the memory
 figures in a fresh subprocess each):
@@ -315,29 +316,46 @@ def added_work_figures(device, reps, quick):
 # ------------------------------------------------------------------ report
 
 
-def format_report(r):
-    u, m = r["update"], r["memory"]
-    t = r["training"]["adamw"]
-    ms = lambda s: f"{s * 1e3:.1f} ms"  # noqa: E731
-    lines = [
+def _ms(s):
+    return f"{s * 1e3:.1f} ms"
+
+
+def _update_report(r):
+    u = r["update"]
+    return [
         f"## 1. Update over 16 x Linear({r['width']}, {r['width']}) fp32 ({u['entries'] / 1e6:.1f} M entries)",
         "| | median | ratio |",
         "|---|---|---|",
-        f"| clone() of every weight (fresh memory) | {ms(u['clone_s'])} | 1.00x |",
-        f"| copy_() into existing tensors | {ms(u['copy_s'])} | 1.00x |",
-        f"| pruner update 0 -> 50 % (global) | {ms(u['update_s'])} | {u['update_over_clone']:.2f}x clone,"
+        f"| clone() of every weight (fresh memory) | {_ms(u['clone_s'])} | 1.00x |",
+        f"| copy_() into existing tensors | {_ms(u['copy_s'])} | 1.00x |",
+        f"| pruner update 0 -> 50 % (global) | {_ms(u['update_s'])} | {u['update_over_clone']:.2f}x clone,"
         f" {u['update_over_copy']:.2f}x copy_ |",
-        f"| torch global_unstructured 50 % | {ms(u['torch_global_s'])} | {u['torch_over_update']:.1f}x the update |",
-        f"| in-place pass (mul_(1)) | {ms(u['inplace_pass_s'])} | 1.00x |",
-        f"| re-mask (pruner.apply()) | {ms(u['remask_s'])} | {u['remask_over_pass']:.2f}x the pass |",
-        "",
+        f"| torch global_unstructured 50 % | {_ms(u['torch_global_s'])} | {u['torch_over_update']:.1f}x the update |",
+        f"| in-place pass (mul_(1)) | {_ms(u['inplace_pass_s'])} | 1.00x |",
+        f"| re-mask (pruner.apply()) | {_ms(u['remask_s'])} | {u['remask_over_pass']:.2f}x the pass |",
+    ]
+
+
+def _memory_report(r):
+    m = r["memory"]
+    lines = [
         "## 2. Memory (fp32)",
         f"- pruner's persistent state: {m['mask_bytes'] / 1e6:.2f} MB of masks = {m['mask_over_params']:.4f}x the parameter bytes",
         f"- peak extra memory of one update: {m['update_peak_extra'] / 1e6:.2f} MB = {m['update_peak_over_params']:.3f}x"
         f" the parameter bytes (VmHWM reset: {m['hwm_reset']})",
-        f"- torch's reparametrization on the decoder: {t['torch hooks extra_bytes'] / t['param_bytes']:.2f}x the pruned"
-        " parameter bytes, kept for the whole training",
-        "",
+    ]
+    if "training" in r:
+        t = r["training"]["adamw"]
+        lines.append(
+            f"- torch's reparametrization on the decoder: {t['torch hooks extra_bytes'] / t['param_bytes']:.2f}x the pruned"
+            " parameter bytes, kept for the whole training"
+        )
+    return lines
+
+
+def _training_report(r):
+    t = r["training"]["adamw"]
+    lines = [
         f"## 3. Training step, decoder of {t['params'] / 1e6:.1f} M parameters, {t['tokens']} tokens",
         "| | " + " | ".join(f"{name} | over dense" for name in OPTIMIZERS) + " |",
         "|---|" + "---|---|" * len(OPTIMIZERS),
@@ -346,21 +364,37 @@ def format_report(r):
         cells = []
         for name in OPTIMIZERS:
             t = r["training"][name]
-            cells += [ms(t[k + " step_s"]), "1.00x" if k == "dense" else f"{t[k + ' over dense']:.3f}x"]
+            cells += [_ms(t[k + " step_s"]), "1.00x" if k == "dense" else f"{t[k + ' over dense']:.3f}x"]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     lines.append("| pruner over torch hooks | " + " | ".join(
         f"| {r['training'][name]['pruner over torch hooks']:.3f}x" for name in OPTIMIZERS) + " |")
-    lines.append("")
-    lines.append("(over dense, over torch hooks: medians of the ratios within each round)")
+    lines += ["", "(over dense, over torch hooks: medians of the ratios within each round)"]
+    return lines
+
+
+def _added_report(r):
     a = r["added"]
-    lines += [
-        "",
+    return [
         "## 4. What each method adds to a step, timed alone (the decoder, 50 % pruned)",
-        f"- torch's hooks (weight recomputed, its gradient times the mask): {ms(a['torch hooks added_s'])}",
-        f"- the pruner (gradients masked in place, pruner.step() re-zeroing): {ms(a['pruner added_s'])},"
+        f"- torch's hooks (weight recomputed, its gradient times the mask): {_ms(a['torch hooks added_s'])}",
+        f"- the pruner (gradients masked in place, pruner.step() re-zeroing): {_ms(a['pruner added_s'])},"
         f" {a['pruner over torch hooks']:.2f}x the hooks'",
     ]
-    return "\n".join(lines)
+
+
+# name -> (what measures the part, its report), in the order they run
+PARTS = {
+    "update": (lambda a: update_figures(a.device, a.reps, a.width), _update_report),
+    "memory": (lambda a: memory_figures(a.width), _memory_report),
+    "training": (lambda a: {name: training_figures(a.device, a.reps, a.quick, name) for name in OPTIMIZERS},
+                 _training_report),
+    "added": (lambda a: added_work_figures(a.device, max(a.reps, 15), a.quick), _added_report),
+}
+
+
+def format_report(r):
+    sections = [report(r) for name, (_, report) in PARTS.items() if name in r]
+    return "\n\n".join("\n".join(lines) for lines in sections)
 
 
 def main(argv=None):
@@ -369,22 +403,26 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--width", type=int, default=2048, help="width of the 16 Linear layers of part 1")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the harness")
+    ap.add_argument("--parts", default=",".join(PARTS),
+                    help=f"which parts to run, comma-separated (default: all of {','.join(PARTS)}; "
+                    "memory reads this process's VmHWM, CPU only)")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.measure_memory:
         print(_PREFIX + json.dumps(_measure_update_peak(args.width)), flush=True)
         return
-    width = 256 if args.quick else args.width
-    result = {
-        "machine": machine.info(),
-        "command": machine.command_line(),
-        "width": width,
-        "update": update_figures(args.device, args.reps, width),
-        "memory": memory_figures(width),
-        "training": {name: training_figures(args.device, args.reps, args.quick, name) for name in OPTIMIZERS},
-        "added": added_work_figures(args.device, max(args.reps, 15), args.quick),
-    }
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        ap.error(f"--parts: unknown {unknown or parts}; choose from {','.join(PARTS)}")
+    if "memory" in parts and torch.device(args.device).type != "cpu":
+        ap.error("--parts memory measures CPU memory (VmHWM): run it with --device cpu")
+    args.width = 256 if args.quick else args.width
+    result = {"machine": machine.info(), "command": machine.command_line(), "width": args.width}
+    for name in PARTS:
+        if name in parts:
+            result[name] = PARTS[name][0](args)
     print(format_report(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -34,6 +34,10 @@
 #         racecheck compute-sanitizer --tool racecheck on one case (cuda backend)
 #         torch-llama torch's own global_unstructured on the LLaMA-7B-shaped list: its
 #                   time and peak memory, or the error (OOM) it raised; pruneext's beside it
+#         lean      python -m benchmarks.training --parts update,added (issue 13 on the GPU):
+#                   the pruner's global update over 16 x Linear(2048) fp32 against clone,
+#                   copy_ and torch's global_unstructured, the re-mask against an in-place
+#                   pass, and what the pruner and torch's hooks each add to a training step
 #
 # Every stage runs under `timeout`, for its own cap or what is left of the
 # command's budget (GPU_CHECK_BUDGET seconds, counted from the start), so a
@@ -44,7 +48,7 @@
 # Output, under ${OUT:-gpu-check}/ (at most 8 files, the device tool's limit):
 #   first:  summary.txt build.log slow.log slow.xml tests.log tests.xml
 #   second: summary.txt build.log probe.log probe.json (every benchmark run)
-#           profile.txt (the torch.profiler tables) sanitizer.log
+#           profile.txt (the torch.profiler tables) sanitizer.log lean.json
 # and a compact summary at the end of stdout (the device tool returns the
 # last 12,000 characters): each stage's verdict and time, versions, test
 # counts and failing tests, one line per benchmark row (with the profiled
@@ -116,7 +120,8 @@ if [ "$which" = first ]; then BUDGET=${GPU_CHECK_BUDGET:-530}; else BUDGET=${GPU
 SUMMARY=$OUT/summary.txt
 # this command's files start empty (the device tool empties $OUT; a rehearsal may not)
 rm -rf "$OUT/json"
-for f in summary.txt build.log tests.log tests.xml slow.log slow.xml probe.log probe.json profile.txt sanitizer.log; do
+for f in summary.txt build.log tests.log tests.xml slow.log slow.xml probe.log probe.json profile.txt sanitizer.log \
+    lean.json; do
   rm -f "$OUT/$f"
 done
 : > "$SUMMARY"
@@ -247,6 +252,11 @@ if [ "$which" = second ]; then
 
   run_stage torch-llama 90 "$OUT/probe.log" "${bench[@]}" --probe "${model[@]}" --modes global \
     --contenders "$mods" --reps 1 --out "$OUT/json/4-module-llama.json"
+
+  lean=("$PY" -m benchmarks.training --parts update,added --reps 5 --json "$OUT/lean.json")
+  if [ "$DRY" = 1 ]; then lean+=(--device cpu --quick --reps 1); else lean+=(--device cuda); fi
+  run_stage lean 45 "$OUT/probe.log" "${lean[@]}"
+  grep -hE "^\| (pruner update|re-mask)|^- (torch's hooks|the pruner) " "$OUT/probe.log" | tail -n 4 >> "$SUMMARY"
 
   "$PY" scripts/gpu_check_report.py probe "$OUT/probe.json" "$OUT"/json/*.json >> "$SUMMARY" || FAILED=1
   rm -rf "$OUT/json"

@@ -25,3 +25,18 @@ def test_quick_run(tmp_path, capsys):
     report = capsys.readouterr().out
     assert "pruner update 0 -> 50 % (global)" in report and "| pruner, updating |" in report
     assert "## 4. What each method adds" in report
+
+
+def test_parts_run_alone(tmp_path, capsys):
+    """--parts picks the parts (the GPU check runs update and added alone);
+    an unknown part, or CPU memory on another device, is refused."""
+    out = tmp_path / "training.json"
+    training.main(["--quick", "--reps", "1", "--parts", "update,added", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert {"update", "added"} <= r.keys() and not {"memory", "training"} & r.keys()
+    report = capsys.readouterr().out
+    assert "## 1. Update" in report and "## 4. What each method adds" in report and "## 3." not in report
+    for bad in (["--parts", "update,bogus"], ["--parts", "memory", "--device", "cuda"]):
+        with pytest.raises(SystemExit) as e:
+            training.main(bad)
+        assert e.value.code == 2
