@@ -193,6 +193,12 @@ class Decoder(nn.Module):
         return self.head(self.norm(x))
 
 
+def _decoder(device, quick):
+    """The decoder parts 3 and 4 time, seeded (a small one when quick)."""
+    torch.manual_seed(0)
+    return Decoder(**(dict(vocab=512, dim=128, ffn=344, blocks=2) if quick else {})).to(device)
+
+
 def _linear_pairs(model):
     return [(m, "weight") for m in model.modules() if isinstance(m, nn.Linear)]
 
@@ -212,8 +218,7 @@ OPTIMIZERS = {
 
 
 def training_figures(device, reps, quick, optimizer):
-    torch.manual_seed(0)
-    base = Decoder(**(dict(vocab=512, dim=128, ffn=344, blocks=2) if quick else {})).to(device)
+    base = _decoder(device, quick)
     tokens = torch.randint(0, base.embed.num_embeddings, (4, 64 if quick else 256), device=device)
     targets = torch.roll(tokens, -1, 1)
 
@@ -277,8 +282,7 @@ def added_work_figures(device, reps, quick):
     gradient times the mask, into `weight_orig.grad`). The pruner: its hooks
     masking every accumulated gradient in place, and `pruner.step()`
     re-zeroing the pruned weights (no update)."""
-    torch.manual_seed(0)
-    base = Decoder(**(dict(vocab=512, dim=128, ffn=344, blocks=2) if quick else {})).to(device)
+    base = _decoder(device, quick)
     grads = [torch.randn_like(m.weight) for m, _ in _linear_pairs(base)]
 
     hooked = copy.deepcopy(base)
