@@ -376,10 +376,10 @@ class CpuSelect {
 
  private:
   // Over the compacted lists: drops the keys without `prefix` above
-  // shift + bits as it counts. Branch-free, as the full read: about half
-  // the candidates leave at the window's first digit, at random; and the
-  // counts go round-robin into four sub-histograms so a run of equal
-  // digits does not serialise on one counter.
+  // shift + bits as it counts. Branch-free, as the full read: most
+  // candidates leave at one digit or another, in no order; and the counts
+  // go round-robin into four sub-histograms so a run of equal digits does
+  // not serialise on one counter.
   void histogram_candidates(int64_t b, int64_t e, int shift, int bits, key_t prefix, int64_t* h) {
     const int64_t nbins = int64_t(1) << bits;
     const key_t digit_mask = static_cast<key_t>(nbins - 1);
