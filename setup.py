@@ -55,6 +55,8 @@ sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is torch's choice
 extra = dict(extra_link_args=["-fopenmp"])
 if with_cuda:
+    # the CUDA ops' checks and registration (*.cpp, host compiler) and their launchers (*.cu)
+    sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     extension = CUDAExtension(
         "pruneext._C",

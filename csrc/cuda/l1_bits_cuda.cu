@@ -1,5 +1,6 @@
-// CUDA implementation of the bit-mask ops (ops.cpp): l1_bits_prune and
-// l1_bits_apply, in place, over the whole list in one launch per pass (the
+// The CUDA launchers of the bit-mask ops (ops.cpp): l1_bits_prune and
+// l1_bits_apply (bits_prune / bits_apply of launchers.h; their checks and
+// registration are in ops_cuda.cpp), in place, over the whole list in one launch per pass (the
 // descriptor table of l1_mask_host.cuh), on the current stream.
 //
 // A thread owns whole mask bytes (8 entries each), so no two threads write
@@ -35,10 +36,8 @@
 // descriptors travel in one pinned async copy (a single tensor's in the
 // kernel arguments), so like the phase ops a list cannot be captured in a
 // CUDA graph.
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -46,6 +45,7 @@
 #include <vector>
 
 #include "../l1_bits_common.h"
+#include "launch_guard.cuh"
 #include "l1_mask_host.cuh"
 #include "l1_mask_kernels.cuh"
 #include "l1_tie_shares.cuh"
@@ -535,15 +535,6 @@ DescList describe_bits(at::TensorList values, at::TensorList bits) {
   return l;
 }
 
-// As the phase ops: a graph would replay the copy of a list's descriptors
-// from a pinned buffer that is freed when the call returns.
-void check_not_capturing(const DescList& l, const char* op) {
-  TORCH_CHECK(
-      l.descs.size() <= 1 ||
-          c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
-      op, ": a list of several tensors cannot run under CUDA graph capture");
-}
-
 template <typename Traits>
 void prune_on_device(
     at::TensorList weights, at::TensorList bits, int64_t threshold, c10::IntArrayRef ties,
@@ -568,8 +559,8 @@ void prune_on_device(
   if (list.n_total == 0 || (T == 0 && !any_budget)) {
     return;  // nothing is below key 0 and no tie is taken
   }
-  constexpr const char* op = "l1_bits_prune";
-  check_not_capturing(list, op);
+  // (ops_cuda.cpp has refused a CUDA graph capture of a list: a graph would
+  // replay the descriptors' copy from a pinned buffer freed on return.)
   const at::Device device = weights[0].device();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor holder;  // the device copy of the descriptors and budgets
@@ -614,7 +605,6 @@ void apply_on_device(at::TensorList tensors, at::TensorList bits) {
   if (list.n_total == 0) {
     return;
   }
-  check_not_capturing(list, "l1_bits_apply");
   at::Tensor holder;  // the device copy of the descriptors
   const Descs descs = upload(list, tensors[0].device(), holder);
   auto kernel = apply_kernel<raw_t>;
@@ -625,51 +615,38 @@ void apply_on_device(at::TensorList tensors, at::TensorList bits) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor l1_bits_prune(
-    at::TensorList weights, at::TensorList bits, int64_t threshold, c10::IntArrayRef ties) {
-  constexpr const char* op = "l1_bits_prune";
-  check_bit_masks(weights, bits, op, "weights");
-  check_prune_budgets(weights, threshold, ties, op);
-  if (weights.empty()) {
-    return at::zeros({0}, at::TensorOptions().dtype(at::kLong));
-  }
-  // After check_bit_masks: every tensor is on this one device.
-  const c10::cuda::CUDAGuard guard(weights[0].device());
-  auto counts = at::zeros(
-      {static_cast<int64_t>(weights.size())},
-      at::TensorOptions().dtype(at::kLong).device(weights[0].device()));
-  PRUNEEXT_DISPATCH_SCORES(weights[0].scalar_type(), op, [&] {
-    prune_on_device<typename KeyOf<scalar_t>::type>(weights, bits, threshold, ties, counts);
-  });
-  return counts;
-}
-
-void l1_bits_apply(at::TensorList tensors, at::TensorList bits) {
-  constexpr const char* op = "l1_bits_apply";
-  check_bit_masks(tensors, bits, op, "tensors");
-  if (tensors.empty()) {
-    return;
-  }
-  const c10::cuda::CUDAGuard guard(tensors[0].device());
-  switch (tensors[0].element_size()) {
-    case 2:
-      apply_on_device<uint16_t>(tensors, bits);
-      break;
-    case 4:
-      apply_on_device<uint32_t>(tensors, bits);
-      break;
-    default:
-      apply_on_device<uint64_t>(tensors, bits);
-      break;
-  }
-}
-
 }  // namespace
-}  // namespace cuda
 
-TORCH_LIBRARY_IMPL(pruneext, CUDA, m) {
-  m.impl("l1_bits_prune", &cuda::l1_bits_prune);
-  m.impl("l1_bits_apply", &cuda::l1_bits_apply);
+Launched bits_prune(
+    at::TensorList weights,
+    at::TensorList bits,
+    int64_t threshold,
+    c10::IntArrayRef ties,
+    const at::Tensor& counts) noexcept {
+  return launch_guarded([&](Launched&) {
+    const c10::cuda::CUDAGuard guard(weights[0].device());
+    PRUNEEXT_DISPATCH_SCORES(weights[0].scalar_type(), "l1_bits_prune", [&] {
+      prune_on_device<typename KeyOf<scalar_t>::type>(weights, bits, threshold, ties, counts);
+    });
+  });
 }
 
+Launched bits_apply(at::TensorList tensors, at::TensorList bits) noexcept {
+  return launch_guarded([&](Launched&) {
+    const c10::cuda::CUDAGuard guard(tensors[0].device());
+    switch (tensors[0].element_size()) {
+      case 2:
+        apply_on_device<uint16_t>(tensors, bits);
+        break;
+      case 4:
+        apply_on_device<uint32_t>(tensors, bits);
+        break;
+      default:
+        apply_on_device<uint64_t>(tensors, bits);
+        break;
+    }
+  });
+}
+
+}  // namespace cuda
 }  // namespace pruneext

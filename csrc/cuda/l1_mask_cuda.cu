@@ -1,5 +1,6 @@
-// CUDA implementation of pruneext::l1_mask and pruneext::l1_mask_global (and
-// its .into overload).
+// The CUDA launchers of pruneext::l1_mask, l1_mask_global (and its .into
+// overload) and l1_select_threshold: select_masks and select_threshold of
+// launchers.h. The ops' checks and registration are in ops_cuda.cpp.
 //
 // Radix select on the magnitude key with the digits of RadixPlan, over every
 // tensor of the list at once (never a concatenation), then one mask-writing
@@ -27,19 +28,17 @@
 //             call has values_out); the one tile that holds the split of the
 //             ties ranks them with a block scan
 //
-// Host syncs: none, except one at the end when among_alive filters by a
-// default mask (the count of prunable entries is then only known on the
-// device, and an impossible k must raise).
+// Host syncs: none here. When among_alive filters by a default mask the
+// count of prunable entries is only known on the device: the launcher hands
+// it back and ops_cuda.cpp reads it (one sync) to raise for an impossible k.
 //
 // Only c10/cuda headers: ATen/cuda/CUDAContext.h pulls in cuSPARSE/cuBLAS
 // headers that a bare toolkit may lack. c10::cuda::getCurrentCUDAStream is
 // what at::cuda::getCurrentCUDAStream names.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -47,6 +46,7 @@
 #include <vector>
 
 #include "../l1_mask_common.h"
+#include "launch_guard.cuh"
 #include "l1_mask_host.cuh"
 #include "l1_mask_kernels.cuh"
 #include "l1_select_kernels.cuh"
@@ -88,15 +88,21 @@ class CudaSelect {
   void run() {
     if (select()) {
       launch_mask(state(), /*select_none=*/false);
-      check_alive();
     } else if (n_total_ > 0) {  // k == 0
       launch_mask(nullptr, /*select_none=*/true);
     }
   }
 
+  // Where only the device counts the prunable entries (among_alive with a
+  // default mask): that count, one int64 of the workspace, for the host
+  // side to check k against once every kernel is queued. Else undefined.
+  at::Tensor alive() const {
+    constexpr int64_t kAliveWord = offsetof(DevState, alive) / sizeof(ull);
+    return device_alive_ && ws_.defined() ? ws_.narrow(0, kAliveWord, 1) : at::Tensor();
+  }
+
   // l1_select_threshold: the selection without the mask pass, as int64 [T,
-  // below, equal, equal per tensor] on the device (no sync, except the alive
-  // check); the per-tensor counts are the tile counts of the ties summed per
+  // below, equal, equal per tensor] on the device (no sync); the per-tensor counts are the tile counts of the ties summed per
   // tensor where the ties split (the tie kernels count only then), else 0.
   at::Tensor threshold() {
     const auto device = p_.jobs[0].scores.device();
@@ -124,7 +130,6 @@ class CudaSelect {
              {word(offsetof(DevState, threshold)), word(offsetof(DevState, count_lt)),
               word(offsetof(DevState, bucket_count))}),
          per_tensor});
-    check_alive();
     return found;
   }
 
@@ -137,22 +142,10 @@ class CudaSelect {
     const cuda::DescList list = cuda::describe(p_, kTile);
     total_tiles_ = list.total_tiles;
     n_total_ = list.n_total;
-    // Without a filtering default mask every entry can be pruned: check k
-    // here and never sync. Otherwise the device counts them (one sync).
+    // Without a filtering default mask every entry can be pruned, and the
+    // host side has checked k. Otherwise the device counts them (alive()).
+    // The host side has also refused a CUDA graph capture of either case.
     const bool device_alive = p_.among_alive && list.any_prev;
-    // A graph would replay the list's descriptor copy from a pinned buffer
-    // freed when this call returns, and cannot sync for the alive count:
-    // refuse the capture rather than record something that replays wrong.
-    TORCH_CHECK(
-        (list.descs.size() <= 1 && !device_alive) ||
-            c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
-        "l1_mask: a list of several tensors, or among_alive with a default mask, cannot run "
-        "under CUDA graph capture (the ops are tagged cudagraph_unsafe)");
-    if (!device_alive || n_total_ == 0) {
-      TORCH_CHECK(
-          p_.k <= n_total_, "l1_mask: k=", p_.k, " exceeds the ", n_total_,
-          " entries that can be pruned");
-    }
     if (n_total_ == 0) {
       return false;
     }
@@ -253,18 +246,6 @@ class CudaSelect {
 
   DevState* state() { return reinterpret_cast<DevState*>(ws_.data_ptr()); }
 
-  // Where only the device counts the prunable entries (among_alive with a
-  // default mask): the one host sync, after every launch.
-  void check_alive() {
-    if (device_alive_) {
-      constexpr int64_t kAliveWord = offsetof(DevState, alive) / sizeof(ull);
-      const int64_t alive = ws_[kAliveWord].item<int64_t>();
-      TORCH_CHECK(
-          p_.k <= alive, "l1_mask: k=", p_.k, " exceeds the ", alive,
-          " entries that can be pruned");
-    }
-  }
-
   void launch_hist(
       DevState* st, ull* hist, void* cands, int64_t tiles_visit, int64_t stride, int shift,
       int bits, bool filter, bool sample) {
@@ -339,44 +320,38 @@ class CudaSelect {
   uint64_t one_bits_ = 0;
 };
 
-at::Tensor l1_select_threshold_cuda(
-    at::TensorList scores,
-    const c10::List<std::optional<at::Tensor>>& default_masks,
-    bool among_alive,
-    int64_t k) {
-  auto p = prepare_problem(scores, to_vector(default_masks), k, among_alive, "l1_select_threshold", false);
-  if (p.jobs.empty()) {
-    return at::zeros({3}, at::TensorOptions().dtype(at::kLong));
-  }
-  const c10::cuda::CUDAGuard guard(p.jobs[0].scores.device());
-  at::Tensor found;
-  PRUNEEXT_DISPATCH_SCORES(p.score_dtype, "l1_select_threshold", [&] {
-    using Traits = typename KeyOf<scalar_t>::type;
-    found = CudaSelect<Traits>(p).threshold();
-  });
-  return found;
-}
-
-void run_cuda(MaskProblem& p) {
-  if (p.jobs.empty()) {
-    return;
-  }
-  // After prepare_problem: it checks that every tensor is on one device, so
-  // a CPU tensor mixed in raises its message rather than the guard's.
+// Both run on the problem's device (the host side checked that every
+// tensor is on it).
+template <typename F>
+void with_select(MaskProblem& p, F&& f) {
   const c10::cuda::CUDAGuard guard(p.jobs[0].scores.device());
   PRUNEEXT_DISPATCH_SCORES(p.score_dtype, "l1_mask", [&] {
-    using Traits = typename KeyOf<scalar_t>::type;
-    CudaSelect<Traits>(p).run();
+    CudaSelect<typename KeyOf<scalar_t>::type> select(p);
+    f(select);
   });
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pruneext, CUDA, m) {
-  m.impl("l1_mask", &MaskOps<run_cuda>::l1_mask);
-  m.impl("l1_mask_global", &MaskOps<run_cuda>::l1_mask_global);
-  m.impl("l1_mask_global.into", &MaskOps<run_cuda>::l1_mask_global_into);
-  m.impl("l1_select_threshold", &l1_select_threshold_cuda);
+namespace cuda {
+
+Launched select_masks(MaskProblem& p) noexcept {
+  return launch_guarded([&](Launched& r) {
+    with_select(p, [&](auto& select) {
+      select.run();
+      r.alive = select.alive();
+    });
+  });
 }
 
+Launched select_threshold(MaskProblem& p) noexcept {
+  return launch_guarded([&](Launched& r) {
+    with_select(p, [&](auto& select) {
+      r.out = select.threshold();
+      r.alive = select.alive();
+    });
+  });
+}
+
+}  // namespace cuda
 }  // namespace pruneext

@@ -75,7 +75,8 @@ inline Descs upload(
     at::Tensor& holder,
     const std::vector<int64_t>& extra = {},
     const int64_t** extra_on_device = nullptr) {
-  TORCH_CHECK(l.descs.size() <= static_cast<size_t>(INT32_MAX), "l1_mask_global: too many tensors");
+  // ops_cuda.cpp refuses longer lists before any launcher runs.
+  TORCH_INTERNAL_ASSERT(l.descs.size() <= static_cast<size_t>(INT32_MAX), "too many tensors");
   Descs ds{};
   ds.n = static_cast<int>(l.descs.size());
   ds.one = l.descs[0];
@@ -133,7 +134,8 @@ void launch_hist_kernel(HistArgs a, cudaStream_t stream) {
   if (kMultiPass) {
     grid = std::max(grid, ceil_div(a.capacity, (int64_t(1) << 31) - kBlock));
   }
-  TORCH_CHECK(grid <= INT32_MAX, "l1_mask: problem too large for one grid");
+  // (2^31 tiles of 4096 entries each: no tensor torch can allocate is this large)
+  TORCH_INTERNAL_ASSERT(grid <= INT32_MAX, "problem too large for one grid");
   kernel<<<static_cast<unsigned>(grid), kBlock, smem, stream>>>(a);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

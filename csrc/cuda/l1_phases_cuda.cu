@@ -1,5 +1,6 @@
-// CUDA implementation of the phase ops (ops.cpp): l1_key_histogram,
-// l1_count_equal and l1_mask_write, each over the whole list in one launch
+// The CUDA launchers of the phase ops (ops.cpp): l1_key_histogram,
+// l1_count_equal and l1_mask_write (phase_* of launchers.h; their checks and
+// registration are in ops_cuda.cpp), each over the whole list in one launch
 // per pass (the descriptor table of l1_mask_cuda.cu), on the current stream.
 //
 //   histogram    hist_kernel of the fused select, with a select state that
@@ -19,15 +20,14 @@
 // descriptors travel in one pinned async copy (a single tensor's in the
 // kernel arguments), so like the fused ops a list cannot be captured in a
 // CUDA graph.
-#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <cstddef>
 #include <vector>
 
 #include "../l1_mask_common.h"
+#include "launch_guard.cuh"
 #include "l1_mask_host.cuh"
 #include "l1_mask_kernels.cuh"
 #include "l1_tie_shares.cuh"
@@ -127,12 +127,9 @@ class CudaPhases {
         stream_(c10::cuda::getCurrentCUDAStream()),
         list_(describe(p, Cfg::kTile)),
         device_(p.jobs[0].scores.device()) {
-    // As the fused ops: a graph would replay the copy of a list's
-    // descriptors from a pinned buffer freed when this call returns.
-    TORCH_CHECK(
-        list_.descs.size() <= 1 ||
-            c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None,
-        "l1 phases: a list of several tensors cannot run under CUDA graph capture");
+    // (ops_cuda.cpp has refused a CUDA graph capture of a list: a graph
+    // would replay the descriptors' copy from a pinned buffer freed when
+    // this call returns.)
     budgets_.one = budgets.empty() ? 0 : budgets[0];
     budgets_.list = nullptr;
     if (list_.n_total != 0) {
@@ -258,31 +255,25 @@ void with_phases(MaskProblem& p, const std::vector<int64_t>& budgets, F&& f) {
   });
 }
 
-struct CudaPhaseOps {
-  static at::Tensor key_histogram(MaskProblem& p, int shift, int bits, uint64_t prefix) {
-    at::Tensor out;
-    with_phases(p, {}, [&](auto& phases) { out = phases.key_histogram(shift, bits, prefix); });
-    return out;
-  }
-
-  static at::Tensor count_equal(MaskProblem& p, uint64_t threshold) {
-    at::Tensor out;
-    with_phases(p, {}, [&](auto& phases) { out = phases.count_equal(threshold); });
-    return out;
-  }
-
-  static void mask_write(MaskProblem& p, uint64_t threshold, const std::vector<int64_t>& budgets) {
-    with_phases(p, budgets, [&](auto& phases) { phases.mask_write(threshold, budgets); });
-  }
-};
-
 }  // namespace
-}  // namespace cuda
 
-TORCH_LIBRARY_IMPL(pruneext, CUDA, m) {
-  m.impl("l1_key_histogram", &PhaseOps<cuda::CudaPhaseOps>::l1_key_histogram);
-  m.impl("l1_count_equal", &PhaseOps<cuda::CudaPhaseOps>::l1_count_equal);
-  m.impl("l1_mask_write", &PhaseOps<cuda::CudaPhaseOps>::l1_mask_write);
+Launched phase_histogram(MaskProblem& p, int shift, int bits, uint64_t prefix) noexcept {
+  return launch_guarded([&](Launched& r) {
+    with_phases(p, {}, [&](auto& phases) { r.out = phases.key_histogram(shift, bits, prefix); });
+  });
 }
 
+Launched phase_count_equal(MaskProblem& p, uint64_t threshold) noexcept {
+  return launch_guarded([&](Launched& r) {
+    with_phases(p, {}, [&](auto& phases) { r.out = phases.count_equal(threshold); });
+  });
+}
+
+Launched phase_mask_write(MaskProblem& p, uint64_t threshold, const std::vector<int64_t>& budgets) noexcept {
+  return launch_guarded([&](Launched&) {
+    with_phases(p, budgets, [&](auto& phases) { phases.mask_write(threshold, budgets); });
+  });
+}
+
+}  // namespace cuda
 }  // namespace pruneext
