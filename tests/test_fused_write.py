@@ -71,6 +71,41 @@ def test_values_other_than_the_scores_with_a_default_mask(backend_device, dtype)
     assert_same_bits(out, mask.to(dtype) * values)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_values_out_with_any_mask_factor(backend_device, dtype):
+    # A default mask's entries are the factors of torch's product; they are
+    # 0 or 1 almost always (the 16-bit CPU write then picks bits instead of
+    # multiplying), but any value must give torch's product.
+    name, device = backend_device
+    if name == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("Triton's interpreter truncates float32 -> bfloat16 (a GPU rounds to nearest even, as torch)")
+    values = special(1000, dtype, seed=6).to(device)
+    factors = torch.tensor([0.0, 1.0, 0.5, -2.0, 3.0, 1.0, 0.0, -0.0, float("inf"), 1e-3], dtype=dtype)
+    prev = factors.repeat(100).to(device)
+    out = torch.empty_like(values)
+    mask = pruneext.ops.l1_mask(values, 300, default_mask=prev, values_out=out)
+    assert_same_bits(out, mask.to(dtype) * values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_values_out_keeps_nan_payloads_as_torch(backend_device, dtype):
+    # 1 * NaN and 0 * NaN are that NaN, quieted, as torch's product on this
+    # machine gives it (payload and sign kept), for NaNs of any payload.
+    _, device = backend_device
+    quiet, exp = (0x0200, 0x7C00) if dtype == torch.float16 else (0x0040, 0x7F80)
+    payloads = torch.tensor([exp | 1, exp | quiet | 5, 0x8000 | exp | 3, 0x8000 | exp | quiet], dtype=torch.int32)
+    payloads = payloads.to(torch.uint16).view(torch.int16)
+    values = torch.randn(4000, generator=torch.Generator().manual_seed(7)).to(dtype)
+    values.view(torch.int16)[::10] = payloads.repeat(100)
+    values = values.to(device)
+    out = torch.empty_like(values)
+    mask = pruneext.ops.l1_mask(values, 2000, values_out=out)
+    want = mask.to(dtype) * values
+    if dtype == torch.float16:  # (bfloat16 NaN payloads differ within torch itself: assert_same_bits)
+        assert torch.equal(out.view(torch.int16), want.view(torch.int16))
+    assert_same_bits(out, want)
+
+
 @pytest.mark.parametrize("k", [0, 1, 7, 400])
 def test_global_values_out(backend_device, k):
     _, device = backend_device

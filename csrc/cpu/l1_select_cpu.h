@@ -81,6 +81,51 @@ inline ValueBits<value_t> bits_of_one() {
   return b;
 }
 
+// The 16-bit floats' fields: exponent bits (all ones: inf / NaN) and the
+// quiet bit of a NaN.
+template <typename value_t>
+struct Float16Fields;
+template <>
+struct Float16Fields<c10::Half> {
+  static constexpr uint16_t kExp = 0x7C00, kQuiet = 0x0200;
+};
+template <>
+struct Float16Fields<c10::BFloat16> {
+  static constexpr uint16_t kExp = 0x7F80, kQuiet = 0x0040;
+};
+
+// m * v in value_t, bit for bit torch's `mask.to(value_t) * values` on this
+// CPU, for m the bits of a mask entry (vone: those of 1). float and double
+// multiply. The 16-bit types have no native product: c10's goes through
+// float and back, and without F16C in the build its float -> half is a
+// software routine the write loop cannot vectorise (fp16 values_out ran at
+// 7-10x the mask alone, issue 26). Their factor is 0 or 1 wherever there is
+// no default mask (and nearly always where there is), and then the product
+// is a choice of bits: 1 * v = v, 0 * v = +-0 with v's sign, 0 * inf = the
+// default NaN (negative on x86), a NaN stays itself, quieted -- what the
+// float product and torch's F16C / rounding conversions give. Any other
+// factor takes c10's product.
+// kZeroOrOne: the caller knows m is 0 or vone (no default mask), so the
+// loop holds no branch to c10's product and vectorises.
+template <typename value_t, bool kZeroOrOne = false>
+inline value_t masked_value(ValueBits<value_t> m, ValueBits<value_t> vone, value_t v) {
+  if constexpr (std::is_same_v<value_t, c10::Half> || std::is_same_v<value_t, c10::BFloat16>) {
+    using F = Float16Fields<value_t>;
+    if (!kZeroOrOne && __builtin_expect(m != 0 && m != vone, 0)) {
+      return value_of_bits<value_t>(m) * v;
+    }
+    uint16_t b;
+    std::memcpy(&b, &v, sizeof b);
+    const uint16_t mag = b & 0x7FFFu;
+    const bool nan = mag > F::kExp;
+    const uint16_t times_zero = mag == F::kExp ? uint16_t(0x8000u | F::kExp | F::kQuiet) : uint16_t(b & 0x8000u);
+    const uint16_t r = nan ? uint16_t(b | F::kQuiet) : (m != 0 ? b : times_zero);
+    return value_of_bits<value_t>(r);
+  } else {
+    return value_of_bits<value_t>(m) * v;
+  }
+}
+
 struct Bucket {
   int64_t index;  // the digit value holding the rank-th key
   int64_t below;  // keys in lower buckets
@@ -763,23 +808,31 @@ class CpuSelect {
         out[i] = one & keep(selected);
         if constexpr (kValues) {
           const auto vkeep = static_cast<vbits_t>(static_cast<vbits_t>(selected) - 1);
-          vout[i] = value_of_bits<value_t>(vone & vkeep) * v[i];
+          vout[i] = masked_value<value_t, true>(vone & vkeep, vone, v[i]);
         }
       }
     } else if (alive == nullptr) {
+      vbits_t vone = 0;
+      if constexpr (kValues) {
+        vone = bits_of_one<value_t>();
+      }
       for (int64_t i = it.begin; i < it.end; ++i) {
         const mask_t m = prev[i] & keep(below(i));
         out[i] = m;
         if constexpr (kValues) {
-          vout[i] = value_of_bits<value_t>(static_cast<vbits_t>(m)) * v[i];
+          vout[i] = masked_value<value_t>(static_cast<vbits_t>(m), vone, v[i]);
         }
       }
     } else {
+      vbits_t vone = 0;
+      if constexpr (kValues) {
+        vone = bits_of_one<value_t>();
+      }
       for (int64_t i = it.begin; i < it.end; ++i) {
         const mask_t m = prev[i] & keep(below(i) & (alive[i] == one));
         out[i] = m;
         if constexpr (kValues) {
-          vout[i] = value_of_bits<value_t>(static_cast<vbits_t>(m)) * v[i];
+          vout[i] = masked_value<value_t>(static_cast<vbits_t>(m), vone, v[i]);
         }
       }
     }
@@ -813,7 +866,7 @@ class CpuSelect {
       const mask_t m = selected ? zero : (prev != nullptr ? prev[i] : one);
       out[i] = m;
       if constexpr (kValues) {
-        vout[i] = value_of_bits<value_t>(value_bits_of<value_t>(m, prev != nullptr, vone)) * v[i];
+        vout[i] = masked_value<value_t>(value_bits_of<value_t>(m, prev != nullptr, vone), vone, v[i]);
       }
     }
   }
