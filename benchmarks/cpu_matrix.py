@@ -1,0 +1,163 @@
+"""The CPU mask op's slow corners: every dtype x every variant, each cell as
+a ratio to a copy of the same bytes timed in the same run (issue 26).
+
+    python -m benchmarks.cpu_matrix [--sizes 20,24] [--reps 7] [--json out.json]
+                                    [--dtypes float32,bfloat16,float16,float64]
+
+Variants (the `cpu` backend, amount 0.5 unless said):
+  mask      torch.ops.pruneext.l1_mask(x, k): a fresh mask
+  values    the same with values_out, a fresh tensor per call: what
+            l1_unstructured does (the mask and the masked weight)
+  alive     a default mask of x's dtype with half the entries alive,
+            among_alive, k a quarter of the entries (the iterative call)
+  global    l1_mask_global over 8 tensors of n / 8 entries, no default mask
+  bits      the lean pruner's update: MagnitudePruner over 8 weights of
+            n / 8 entries from 0 to 50 % (threshold select + l1_bits_prune
+            in place, no fresh output)
+and the yardsticks: `clone()` (fresh memory: page faults, as the fresh
+outputs of mask / values take) and `copy_()` into an existing tensor.
+
+Each cell is the median over --reps runs (after one warm-up call) divided
+by the median clone of x in the same run, for the variants that write
+fresh outputs, and by the median copy_ for `bits` (it writes none). A row
+(one variant and size) is then compared across dtypes: its slowest cell
+over its fastest is printed as "spread", the figure issue 26 bounds by 1.3.
+The machine's THP settings and PRUNEEXT_* switches are recorded with it.
+"""
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import pruneext
+
+from . import machine
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
+VARIANTS = ("mask", "values", "alive", "global", "bits")
+ops = torch.ops.pruneext
+
+
+def median_s(call, reps, setup=lambda: None):
+    """Median seconds of call(setup()) over reps runs, after one warm-up."""
+    call(setup())
+    times = []
+    for _ in range(reps):
+        state = setup()
+        t0 = time.perf_counter()
+        out = call(state)
+        times.append(time.perf_counter() - t0)
+        del out, state
+    return statistics.median(times)
+
+
+def thp_settings():
+    """Linux's transparent huge page modes (enabled, defrag), or None."""
+    found = {}
+    for name in ("enabled", "defrag"):
+        try:
+            with open(f"/sys/kernel/mm/transparent_hugepage/{name}") as f:
+                found[name] = next((w.strip("[]") for w in f.read().split() if w.startswith("[")), None)
+        except OSError:
+            found[name] = None
+    return found
+
+
+def cell_seconds(variant, x, reps):
+    n = x.numel()
+    if variant == "mask":
+        return median_s(lambda _: ops.l1_mask(x, n // 2), reps)
+    if variant == "values":
+        return median_s(lambda out: ops.l1_mask(x, n // 2, None, False, None, out), reps, lambda: torch.empty_like(x))
+    if variant == "alive":
+        alive = (torch.arange(n) % 2).to(x.dtype)
+        return median_s(lambda _: ops.l1_mask(x, n // 4, alive, True), reps)
+    if variant == "global":
+        parts = list(x.view(8, -1).unbind(0))
+        return median_s(lambda _: ops.l1_mask_global(parts, n // 2, [None] * 8), reps)
+    if variant == "bits":
+        layers = nn.ModuleList(nn.Linear(n // 8 // 64, 64, bias=False) for _ in range(8)).to(x.dtype)
+        originals = [x.view(8, -1)[j].view_as(m.weight).clone() for j, m in enumerate(layers)]
+
+        def fresh():
+            with torch.no_grad():
+                for m, o in zip(layers, originals):
+                    m.weight.copy_(o)
+            return pruneext.MagnitudePruner(layers, lambda step: 0.0 if step == 0 else 0.5)
+
+        return median_s(lambda p: p.step(), reps, fresh)
+    raise ValueError(variant)
+
+
+def run(sizes, dtypes, reps):
+    pruneext.use_backend("cpu")
+    rows = []
+    for log2 in sizes:
+        n = 1 << log2
+        for name in dtypes:
+            x = torch.randn(n, generator=torch.Generator().manual_seed(log2)).to(DTYPES[name])
+            clone_s = median_s(lambda _: x.clone(), max(reps, 7))
+            dst = torch.empty_like(x)
+            copy_s = median_s(lambda _: dst.copy_(x), max(reps, 7))
+            for variant in VARIANTS:
+                seconds = cell_seconds(variant, x, reps)
+                base = copy_s if variant == "bits" else clone_s
+                rows.append(dict(log2=log2, dtype=name, variant=variant, seconds=seconds, clone_s=clone_s,
+                                 copy_s=copy_s, ratio=seconds / base, base="copy_" if variant == "bits" else "clone"))
+    return rows
+
+
+def spreads(rows):
+    """Per (variant, size): the slowest dtype's ratio over the fastest's."""
+    out = {}
+    for r in rows:
+        out.setdefault((r["variant"], r["log2"]), []).append(r)
+    return {key: (max(c["ratio"] for c in cells) / min(c["ratio"] for c in cells),
+                  max(cells, key=lambda c: c["ratio"])["dtype"], min(cells, key=lambda c: c["ratio"])["dtype"])
+            for key, cells in out.items()}
+
+
+def report(rows, dtypes):
+    lines = []
+    for log2 in sorted({r["log2"] for r in rows}):
+        lines.append(f"2^{log2} entries: cell = ms (x its clone, or x its copy_ for bits)")
+        lines.append("  " + "variant".ljust(8) + "".join(d.rjust(18) for d in dtypes) + "   spread")
+        table = spreads(rows)
+        for variant in VARIANTS:
+            cells = {r["dtype"]: r for r in rows if r["log2"] == log2 and r["variant"] == variant}
+            text = "".join(f"{cells[d]['seconds'] * 1e3:9.1f} ({cells[d]['ratio']:4.2f}x)".rjust(18) for d in dtypes)
+            spread, slow, fast = table[(variant, log2)]
+            lines.append(f"  {variant.ljust(8)}{text}   {spread:.2f} ({slow} over {fast})")
+        for kind in ("clone_s", "copy_s"):
+            cells = {r["dtype"]: r for r in rows if r["log2"] == log2 and r["variant"] == "mask"}
+            lines.append("  " + kind[:-2].ljust(8) + "".join(f"{cells[d][kind] * 1e3:9.1f}".rjust(18) for d in dtypes))
+    worst = max(spreads(rows).items(), key=lambda kv: kv[1][0])
+    lines.append(f"worst spread: {worst[1][0]:.2f} ({worst[0][0]} at 2^{worst[0][1]}: {worst[1][1]} over {worst[1][2]})")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="20,24", help="log2 of the entries, comma-separated")
+    ap.add_argument("--dtypes", default=",".join(DTYPES))
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--json", help="write the rows and the machine here")
+    args = ap.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    dtypes = args.dtypes.split(",")
+    rows = run(sizes, dtypes, args.reps)
+    info = dict(machine.info(), thp=thp_settings(), command=machine.command_line())
+    print(f"# {info['cpu_model']}, {info['torch_threads']} threads, torch {info['torch']}, THP {info['thp']}, "
+          f"env {info['env']}")
+    print(report(rows, dtypes))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "rows": rows, "spreads": {f"{v}@2^{s}": t for (v, s), t in spreads(rows).items()}},
+                      f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
