@@ -6,17 +6,27 @@
 // copy into it about 24 ms). l1_unstructured hands back two fresh tensors (the
 // mask and the masked weight), so those faults were most of the call. Asked
 // before the first write, the kernel maps the output in 2 MiB pages where it
-// can (Linux with transparent_hugepage "madvise" or "always"): 512 times
-// fewer faults. This is advice: the data and the allocation are torch's and
-// unchanged, and where the kernel cannot (THP "never", not Linux, a file
-// mapping) nothing happens. torch's own THP_MEM_ALLOC_ENABLE=1 does the same
-// for every allocation. PRUNEEXT_NO_HUGE_PAGES=1 turns it off (how the
-// benchmark shows what it saves).
+// can: 512 times fewer faults. This is advice: the data and the allocation
+// are torch's and unchanged.
+//
+// When: only where the advice cannot stall. Under THP defrag "madvise",
+// "defer+madvise" or "always", a fault in an advised range compacts memory
+// first whenever no huge page is free, and on a machine whose memory is
+// fragmented that made the call 3-7x slower from one process to the next
+// (issue 26: l1_unstructured at 2^24 fp32 took 24 to 153 ms with the
+// advice, 34-42 ms without). Under defrag "defer" or "never" an advised
+// fault takes a huge page only if one is free, and a 4 KiB page otherwise.
+// So the advice is given where THP is "always" or "madvise" and defrag is
+// "defer" or "never"; PRUNEEXT_HUGE_PAGES=1 gives it whatever the setting,
+// PRUNEEXT_NO_HUGE_PAGES=1 never (how the benchmark shows what it does).
+// torch's own THP_MEM_ALLOC_ENABLE=1 advises every allocation.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <fstream>
+#include <string>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -28,12 +38,36 @@
 namespace pruneext {
 namespace cpu {
 
+// The bracketed word of a THP setting in sysfs ("" where it cannot be read).
+inline std::string thp_mode(const char* name) {
+  std::ifstream f(std::string("/sys/kernel/mm/transparent_hugepage/") + name);
+  std::string word;
+  while (f >> word) {
+    if (word.size() > 2 && word.front() == '[' && word.back() == ']') {
+      return word.substr(1, word.size() - 2);
+    }
+  }
+  return "";
+}
+
+// Whether to advise (see the top of this file); read once.
+inline bool advice_wanted() {
+  if (env_is_one("PRUNEEXT_NO_HUGE_PAGES")) {
+    return false;
+  }
+  if (env_is_one("PRUNEEXT_HUGE_PAGES")) {
+    return true;
+  }
+  const std::string enabled = thp_mode("enabled"), defrag = thp_mode("defrag");
+  return (enabled == "always" || enabled == "madvise") && (defrag == "defer" || defrag == "never");
+}
+
 inline void advise_huge_pages(const at::Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   // below two huge pages the advice saves little and splits a mapping
   constexpr uintptr_t kMinBytes = 2 * kHuge;
-  static const bool enabled = !env_is_one("PRUNEEXT_NO_HUGE_PAGES");
+  static const bool enabled = advice_wanted();
   if (!enabled || !t.defined() || !t.is_cpu() || !t.is_contiguous()) {
     return;
   }
