@@ -35,6 +35,7 @@ from .methods import (
 from ._info import build_info
 from . import schedules
 from .pruner import MagnitudePruner
+from .patch import patch_torch, unpatch_torch
 
 # torch.nn.utils.prune's module-level helpers, which code and test suites
 # written against it call (prune._compute_nparams_toprune(...)): torch's own
@@ -75,10 +76,12 @@ __all__ = [
     "l1_unstructured",
     "ln_structured",
     "ops",
+    "patch_torch",
     "random_structured",
     "random_unstructured",
     "remove",
     "schedules",
     "set_backend",
+    "unpatch_torch",
     "use_backend",
 ]
