@@ -466,14 +466,15 @@ def _block_count_probe(out_ptr, n, BLOCK: tl.constexpr):
 def test_block_counts_do_not_wrap_below_2_31(device):
     # A tensor of just under 2^31 entries hands the kernels an int32 n; its
     # block count must not wrap (in int32, cdiv(2^31 - 5, 4096) is negative
-    # and the stride loops would skip every block).
+    # and the stride loops would skip every block). n = 1 reaches a GPU as
+    # the constexpr 1, which has no .to() (tests/test_triton_aot.py).
     out = torch.zeros(1, dtype=torch.int64, device=device)
-    for n in (2**31 - 5, 2**31 - 4096, 2**31 - 1, 2**31, 2**32 + 3, 5):
+    for n in (2**31 - 5, 2**31 - 4096, 2**31 - 1, 2**31, 2**32 + 3, 5, 1):
         _block_count_probe[(1,)](out, n, BLOCK=4096)
         assert int(out) == -(-n // 4096), n
     # and every loop bound of the kernels goes through it
     source = inspect.getsource(triton_kernels)
-    assert source.count("tl.cdiv(") == 1 and "tl.cdiv(count.to(tl.int64)" in source
+    assert source.count("tl.cdiv(") == 1 and "tl.cdiv(tl.cast(count, tl.int64)" in source
 
 
 @triton.jit

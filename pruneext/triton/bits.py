@@ -98,7 +98,7 @@ def _tile_ranks(ties):
     return (tl.cumsum(per_byte, axis=0) - per_byte)[:, None] + tl.cumsum(t, axis=1) - t
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["budget", "threshold"])  # data (see phases.py)
 def count_ties_kernel(
     values_ptr, mask_ptr, n, table_ptr, rows, steps, budgets_ptr, budget, counts_ptr, count_base, threshold,
     ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr, TABLE: tl.constexpr, BYTES: tl.constexpr,
@@ -117,7 +117,7 @@ def count_ties_kernel(
         tl.store(counts_ptr + first_slot + local, tl.sum(tl.sum(ties.to(tl.int64), axis=1), axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["budget", "threshold"])  # data (see phases.py)
 def prune_kernel(
     values_ptr, mask_ptr, n, table_ptr, rows, steps, budgets_ptr, budget, ties_before_ptr, count_base,
     counts_ptr, threshold,

@@ -47,8 +47,11 @@ ALWAYS, ON_HIT, ON_MISS = 0, 1, 2  # GATE
 def block_count(count, BLOCK: tl.constexpr):
     """Blocks of BLOCK entries covering `count`, in int64: an int32 count
     (a tensor of fewer than 2^31 entries) would wrap in tl.cdiv for
-    2^31 - BLOCK < count < 2^31, and the stride loops would skip every block."""
-    return tl.cdiv(count.to(tl.int64), BLOCK)
+    2^31 - BLOCK < count < 2^31, and the stride loops would skip every block.
+    tl.cast, not count.to: the GPU JIT passes an integer argument equal to 1
+    as the constexpr 1, a Python int with no .to (a 1-entry tensor failed
+    to compile on the H200)."""
+    return tl.cdiv(tl.cast(count, tl.int64), BLOCK)
 
 
 @triton.jit
@@ -213,7 +216,7 @@ def _select_bucket(
         for start in range(0, NBINS, CHUNK):
             total += tl.sum(_bins(hist_ptr, replica_stride, start, lanes, REPLICAS), axis=0)
         tl.store(state_ptr + 3, total)  # TOTAL
-        rank = tl.minimum(total, k.to(tl.int64))
+        rank = tl.minimum(total, tl.cast(k, tl.int64))  # (k may be the constexpr 1: see block_count)
         prefix = tl.zeros([], tl.int64)
         below_bucket = tl.zeros([], tl.int64)
     else:

@@ -19,6 +19,9 @@ from .kernels import add_block_histogram
 from .keys import KEY_PLANS, MASK_BITS, magnitude_key
 
 BLOCK = 1024
+# The key values (prefix, threshold) and tie budgets are data, not sizes: a
+# JIT specialisation on them (the constexpr 1, divisible by 16) buys nothing
+# and would cost a compile per class of value in the middle of a run.
 
 
 @triton.jit
@@ -33,7 +36,7 @@ def _keys(bits_ptr, prev_ptr, offs, n, ONE, FILTER: tl.constexpr, ABS_MASK: tl.c
     return key, live
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["prefix"])
 def histogram_kernel(bits_ptr, prev_ptr, hist_ptr, n, prefix, ONE, SHIFT: tl.constexpr, BITS: tl.constexpr,
                      FILTER: tl.constexpr, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr,
                      BLOCK: tl.constexpr):
@@ -44,7 +47,7 @@ def histogram_kernel(bits_ptr, prev_ptr, hist_ptr, n, prefix, ONE, SHIFT: tl.con
     add_block_histogram(hist_ptr, digit, take, BLOCK, BITS)  # one atomic per crowded bin
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["threshold"])
 def count_equal_kernel(bits_ptr, prev_ptr, out_ptr, n, threshold, ONE, FILTER: tl.constexpr,
                        ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
     """Per block: its alive keys equal to the threshold (one store a block)."""
@@ -54,7 +57,7 @@ def count_equal_kernel(bits_ptr, prev_ptr, out_ptr, n, threshold, ONE, FILTER: t
     tl.store(out_ptr + pid, tl.sum((live & (key == threshold)).to(tl.int64), axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["threshold", "budget"])
 def write_kernel(bits_ptr, prev_ptr, out_ptr, before_ptr, n, threshold, budget, ONE, OUT_ONE,
                  FILTER: tl.constexpr, HAS_PREV: tl.constexpr, CUT: tl.constexpr, ABS_MASK: tl.constexpr,
                  INF_BITS: tl.constexpr, WIDE: tl.constexpr, BLOCK: tl.constexpr):
