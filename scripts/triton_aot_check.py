@@ -170,8 +170,10 @@ def score_lists(dtype, shapes):
     (its tensors through a table, table.py) and one tensor (handed
     directly), of 300 and 35 entries, k = 0 and 100; with `shapes` also the
     sizes and k the JIT specialises differently: 256 entries (divisible by
-    16), 1 (the constexpr 1), k = 1, and a tensor that starts 4 bytes into
-    its storage (a pointer not divisible by 16). (`shapes` is asked for the
+    16), 1 (the constexpr 1), k = 1, a tensor that starts 4 bytes into its
+    storage (a pointer not divisible by 16), and a list of 3 (a table's
+    binary search of 2 steps; launched alone, where a 64-bit mask meets
+    32-bit scores, the third's first tie-count slot is 2). (`shapes` is asked for the
     masks that filter and for none: the kinds of mask that do not filter add
     no code that reads a size.)"""
     def randn(*shape):
@@ -182,6 +184,7 @@ def score_lists(dtype, shapes):
         unaligned = randn(36)[1:]
         lists += [
             ([randn(300), unaligned], (1,)),
+            ([randn(300), randn(7, 5), randn(40)], (1,)),  # a table of 3 (steps = 2), or 3 launched alone
             ([unaligned], (1,)),
             ([randn(16, 16)], (1, 100)),
             ([randn(1)], (1,)),
@@ -222,18 +225,21 @@ def mask_kinds():
 def record_phases(record, score_dtypes):
     """The phase ops' launches (pruneext/triton/phases.py, sharded pruning)
     over each score dtype and kind of default mask, with and without a cut
-    inside a tensor's ties, on 300 entries and on 1."""
+    inside a tensor's ties, on 300 entries, 256 and 1, for a key (the +inf
+    one: int64 for float64 scores) and the prefix of its higher digits."""
     phases._launch, real = record, phases._launch
     try:
         for dtype in score_dtypes:
+            plan = KEY_PLANS[dtype]
+            bits, key = plan.digits[-1][1], plan.inf_bits
             for mask_dtype, among_alive in [(None, False)] + [(m, a) for m in mask_kinds() for a in (False, True)]:
-                for n in (300, 1):
+                for n in (300, 256, 1):
                     scores = [torch.randn(n).to(dtype)]
                     masks = [None if mask_dtype is None else torch.ones_like(scores[0], dtype=mask_dtype)]
-                    phases.key_histogram(scores, masks, among_alive, 0, KEY_PLANS[dtype].digits[-1][1], 0)
-                    phases.count_equal(scores, masks, among_alive, 5)
+                    phases.key_histogram(scores, masks, among_alive, 0, bits, key >> bits)
+                    phases.count_equal(scores, masks, among_alive, key)
                     for ties in (0, 1, 7):  # none of a tensor's ties, or a cut inside them
-                        phases.mask_write(scores, masks, among_alive, 5, [ties])
+                        phases.mask_write(scores, masks, among_alive, key, [ties])
     finally:
         phases._launch = real
 
@@ -242,15 +248,16 @@ def record_bits(record, score_dtypes):
     """The bit-mask ops' launches (pruneext/triton/bits.py, lean training)
     over each score dtype, for a list (a table) and one tensor (direct),
     with budgets of none or all of a tensor's ties and with a cut inside
-    them (the tie counts and the ranked prune), on a 1-entry tensor too."""
+    them (the tie counts and the ranked prune): tables of 3 and 2 tensors,
+    one of 256 entries (divisible by 16) and one of 1."""
     bits._launch, real = record, bits._launch
     try:
         for dtype in score_dtypes:
-            for sizes in ((300, 35), (1,)):
+            for sizes in ((256, 300, 35), (1,)):
                 weights = [torch.randn(n).to(dtype) for n in sizes]
                 masks = [torch.full(((w.numel() + 7) // 8,), 255, dtype=torch.uint8) for w in weights]
                 for length in range(len(sizes), 0, -1):
-                    for ties in ((0, 2**63 - 1), (7, 7), (1, 1)):  # all or none of the ties; cuts inside
+                    for ties in ((0, 2**63 - 1, 0), (7, 7, 7), (1, 1, 1)):  # all or none of the ties; cuts inside
                         bits.bits_prune(weights[:length], masks[:length], 5, list(ties[:length]))
                     bits.bits_apply(weights[:length], masks[:length])
     finally:
