@@ -17,10 +17,13 @@
 #                   csrc/, setup.py and pyproject.toml (and the torch version and arch) is
 #                   the one of the last build here
 #         slow      pytest -m slow -k "cuda or triton": exact k past 2^31 entries on the GPU
-#         tests     pytest -k "cuda or triton" over tests/ (the GPU backends' tests),
-#                   --continue-on-collection-errors, no -x, 8 xdist workers and a 120 s
-#                   per-test timeout where those plugins are installed, JUnit report;
-#                   it gets what the budget has left
+#         tests     pytest -k "cuda or triton" over tests/ (the whole GPU suite, in this one
+#                   call), --continue-on-collection-errors, no -x, 16 xdist workers and a
+#                   120 s per-test timeout where those plugins are installed, at most 360 s
+#                   (what the budget has left, if less), JUnit report
+#         Both pytest stages run with -v: each test's outcome is a line of their log as it
+#         ends, so a stage cut short by its timeout (no JUnit report, no pytest summary)
+#         still names what failed; the summary's test lines are read from those logs.
 # second: build     the same stage: quick when the machine is still the first one's
 #                   (a fresh machine, if the first was given back, builds again)
 #         ops       python -m benchmarks.run --ops --probe (single 2^28 fp32 at 0.5 and 0.9,
@@ -51,7 +54,8 @@
 #           profile.txt (the torch.profiler tables) sanitizer.log lean.json
 # and a compact summary at the end of stdout (the device tool returns the
 # last 12,000 characters): each stage's verdict and time, versions, test
-# counts and failing tests, one line per benchmark row (with the profiled
+# counts and every failing test by name (gpu_check_report.py outcomes, from
+# the -v logs, whether or not pytest finished), one line per benchmark row (with the profiled
 # kernel count and device time), the sanitizers' error summaries.
 #
 # Dry mode (--dry or GPU_CHECK_DRY=1), on a machine without a GPU: the same
@@ -188,12 +192,14 @@ has() { "$PY" -c "import $1" 2>/dev/null; }
 if [ "$which" = first ]; then
   note "gpu_check first$([ "$DRY" = 1 ] && echo " (DRY)"): $(date -u +%FT%TZ), budget $BUDGET s"
   stage_imports_and_build
-  pytest_args=(-p no:cacheprovider -q -rfE --continue-on-collection-errors -k "cuda or triton")
+  # -v: a line per test as it ends ("[gw3] [ 12%] FAILED tests/...::test"), so a stage
+  # cut short still names what failed (the H200's first run was cut at 60 %, in dots)
+  pytest_args=(-p no:cacheprovider -v -rfE --continue-on-collection-errors -k "cuda or triton")
   slow_timeout=() test_timeout=() workers=() paths=(tests)
   if has pytest_timeout; then
     slow_timeout=(--timeout 240 --timeout-method thread) test_timeout=(--timeout 120 --timeout-method thread)
   fi
-  has xdist && workers=(-n 8)
+  has xdist && workers=(-n 16)
   if [ "$DRY" = 1 ]; then
     has xdist && workers=(-n 2)
     paths=(tests/test_cuda.py tests/test_backends.py tests/test_benchmarks.py
@@ -203,9 +209,10 @@ if [ "$which" = first ]; then
   # the suite, which gets whatever is left of the budget
   run_stage slow 180 "$OUT/slow.log" "$PY" -m pytest "${pytest_args[@]}" "${slow_timeout[@]}" -m slow \
     --junitxml="$OUT/slow.xml" tests
-  run_stage tests 300 "$OUT/tests.log" "$PY" -m pytest "${pytest_args[@]}" "${workers[@]}" "${test_timeout[@]}" \
-    --junitxml="$OUT/tests.xml" "${paths[@]}"
-  "$PY" scripts/gpu_check_report.py junit "$OUT/tests.xml" "$OUT/slow.xml" >> "$SUMMARY"
+  # (COLUMNS: the -rfE lines keep more of each message than 80 columns would)
+  COLUMNS=200 run_stage tests 360 "$OUT/tests.log" "$PY" -m pytest "${pytest_args[@]}" "${workers[@]}" \
+    "${test_timeout[@]}" --junitxml="$OUT/tests.xml" "${paths[@]}"
+  "$PY" scripts/gpu_check_report.py outcomes "$OUT/slow.log" "$OUT/tests.log" >> "$SUMMARY"
   note "first: $(( $(date +%s) - START )) s; now send: bash scripts/gpu_check.sh second"
 fi
 

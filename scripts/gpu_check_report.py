@@ -4,18 +4,26 @@ test counts and failures from JUnit files, and the benchmark rows of the GPU
 probe, merged into one JSON.
 
     python3 scripts/gpu_check_report.py imports
+    python3 scripts/gpu_check_report.py outcomes OUT/tests.log [...]
     python3 scripts/gpu_check_report.py junit OUT/tests.xml [...]
     python3 scripts/gpu_check_report.py probe OUT/probe.json OUT/json/*.json
 
 `imports` prints one line of versions (and the GPU), a MISSING line for each
 package that does not import, and fails only when torch does not.
+`outcomes` reads the per-test lines of a `pytest -v` log (with or without
+xdist), so a run cut short by its timeout, which writes no JUnit report and
+no pytest summary, still counts what ended and names every test that failed,
+errored or crashed its worker, grouped by file, with the most common messages
+where pytest got to print them.
 `probe` writes the runs it reads into one file ({"runs": {stem: payload}}),
 then prints one line per row: time, xfloor (op level), speedup, peak extra
 memory, the profiled kernel count, the check; and what became of torch's own
 global_unstructured on the LLaMA-7B-shaped list.
 """
+import collections
 import json
 import os
+import re
 import sys
 import xml.etree.ElementTree as ET
 
@@ -82,6 +90,79 @@ def junit(paths):
         if len(bad) > MAX_FAILURES:
             print(f"  ... and {len(bad) - MAX_FAILURES} more (see {name})")
         status |= bool(bad)
+    return status
+
+
+OUTCOMES = ("PASSED", "FAILED", "ERROR", "SKIPPED", "XFAIL", "XPASS")
+# "[gw3] [ 12%] FAILED tests/a.py::test_x" (xdist), "tests/a.py::test_x FAILED  [ 12%]" (one process),
+# "FAILED tests/a.py::test_x - AssertionError: ..." (the -rfE summary, when pytest got to it)
+WORD = "(" + "|".join(OUTCOMES) + ")"
+XDIST_LINE = re.compile(r"^\[gw\d+\] \[\s*\d+%\] " + WORD + r" (\S+)")
+PLAIN_LINE = re.compile(r"^(\S+::\S+) " + WORD + r"\b")
+SUMMARY_LINE = re.compile("^" + WORD + r" (\S+)(?: - (.*))?$")
+CRASH_LINE = re.compile(r"worker '(gw\d+)' crashed while running '([^']+)'")
+END_LINE = re.compile(r"^=+ (.*\d+ (?:passed|failed|errors?|skipped|deselected).*) =+$")
+NAMES_CHARS = 6000  # of the failing tests' names, in a summary the device tool cuts at 12,000 characters
+
+
+def outcomes(paths):
+    """Counts and failing tests of `pytest -v` logs, from the lines printed
+    as each test ended."""
+    status = 0
+    for path in paths:
+        name = os.path.basename(path)
+        try:
+            with open(path, errors="replace") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            print(f"{name}: no log ({type(e).__name__}: {e})")
+            status = 1
+            continue
+        seen, messages, crashed, end = collections.defaultdict(set), {}, {}, None
+        for line in lines:
+            m = XDIST_LINE.match(line) or SUMMARY_LINE.match(line)
+            if m:
+                seen[m.group(2)].add(m.group(1))
+                if m.re is SUMMARY_LINE and m.group(3):
+                    messages[m.group(2)] = m.group(3).strip()
+            elif (m := PLAIN_LINE.match(line)):
+                seen[m.group(1)].add(m.group(2))
+            if (m := CRASH_LINE.search(line)):
+                crashed[m.group(2)] = m.group(1)
+                seen[m.group(2)].add("FAILED")
+            if (m := END_LINE.match(line)):
+                end = m.group(1)
+        counts = collections.Counter()
+        for test, got in seen.items():
+            for outcome in OUTCOMES:
+                if outcome in got and not (outcome == "PASSED" and "FAILED" in got):
+                    counts[outcome] += 1
+        told = ", ".join(f"{counts[o]} {o.lower()}" for o in OUTCOMES if counts[o])
+        ending = f"pytest: {end}" if end else "CUT SHORT: no pytest summary, these are the tests that ended"
+        print(f"{name}: {len(seen)} tests reported ({told or 'none'}"
+              f"{f'; {len(crashed)} crashed their worker' if crashed else ''}); {ending}")
+        bad = {t: got for t, got in seen.items() if got & {"FAILED", "ERROR", "XPASS"}}
+        status |= bool(bad) or not end
+        by_file = collections.defaultdict(list)
+        for test in bad:
+            file, _, case = test.partition("::")
+            tag = " (crashed)" if test in crashed else " (error)" if "ERROR" in bad[test] else ""
+            by_file[file].append((case or "<collection>") + tag)
+        text, left = [], len(bad)
+        for file, cases in by_file.items():
+            line = f"  FAILED {file}: {', '.join(cases)}"
+            if sum(map(len, text)) + len(line) > NAMES_CHARS:
+                break
+            text.append(line)
+            left -= len(cases)
+        if text:
+            print("\n".join(text))
+        if left:
+            print(f"  ... and {left} more (see {name})")
+        common = collections.Counter(messages[t][:150] for t in bad if t in messages and t not in crashed)
+        common = common.most_common(8)
+        for message, count in common:
+            print(f"  {count} x {message}")
     return status
 
 
@@ -153,6 +234,8 @@ def probe(out, paths):
 def main(argv):
     if argv[:1] == ["imports"]:
         return imports()
+    if len(argv) >= 2 and argv[0] == "outcomes":
+        return outcomes(argv[1:])
     if len(argv) >= 2 and argv[0] == "junit":
         return junit(argv[1:])
     if len(argv) >= 1 and argv[0] == "probe":
