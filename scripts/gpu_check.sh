@@ -16,6 +16,9 @@
 #                   skipped when pruneext._C imports with its CUDA kernels and a hash of
 #                   csrc/, setup.py and pyproject.toml (and the torch version and arch) is
 #                   the one of the last build here
+#         crash     scripts/gpu_crash_probe.py: the calls whose errors killed the process on the
+#                   first H200 run, one process each; a call that still dies is rerun under
+#                   cuda-gdb for its backtrace (issue 21, part B)
 #         slow      pytest -m slow -k "cuda or triton": exact k past 2^31 entries on the GPU
 #         tests     pytest -k "cuda or triton" over tests/ (the whole GPU suite, in this one
 #                   call), --continue-on-collection-errors, no -x, 16 xdist workers and a
@@ -205,8 +208,13 @@ if [ "$which" = first ]; then
     paths=(tests/test_cuda.py tests/test_backends.py tests/test_benchmarks.py
            tests/test_triton.py::test_k_zero_and_k_n_keep_the_default_mask)
   fi
-  # the slow tests first (few, and the only check past 2^31 entries), then
-  # the suite, which gets whatever is left of the budget
+  # the crash probe first (the first run's open question), the slow tests
+  # (few, and the only check past 2^31 entries), then the suite, which gets
+  # whatever is left of the budget
+  crash=("$PY" scripts/gpu_crash_probe.py)
+  [ "$DRY" = 1 ] && crash+=(--device cpu --no-gdb)
+  run_stage crash 90 "$OUT/slow.log" "${crash[@]}"
+  grep -h "^crash-probe: " "$OUT/slow.log" | grep -v "^crash-probe: raises" | head -n 50 >> "$SUMMARY"
   run_stage slow 180 "$OUT/slow.log" "$PY" -m pytest "${pytest_args[@]}" "${slow_timeout[@]}" -m slow \
     --junitxml="$OUT/slow.xml" tests
   # (COLUMNS: the -rfE lines keep more of each message than 80 columns would)
