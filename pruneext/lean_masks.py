@@ -17,7 +17,7 @@ import math
 import torch
 
 from . import backends, distributed, ops
-from ._reference import unpack_bits
+from .backends.reference import unpack_bits
 
 FORMATS = ("bits", "bool")
 

@@ -5,7 +5,7 @@ memory.
 The interpreter tests (TRITON_INTERPRET=1) run the kernels' arithmetic on
 CPU tensors, but never through Triton's GPU compiler: a kernel can pass them
 and still fail to compile, or spill, on the H100. This script drives the
-real host code (pruneext/triton/select.py) on small CPU tensors with the
+real host code (pruneext/backends/triton/select.py) on small CPU tensors with the
 launches recorded instead of run, then compiles each distinct launch
 (kernel, argument types, constexprs, num_warps) for the target with
 triton.compile, which needs no driver. Integer arguments are compiled as
@@ -39,9 +39,9 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from pruneext.triton import bits, phases, select  # noqa: E402
-from pruneext._reference import VALUE_DTYPES  # noqa: E402
-from pruneext.triton.keys import KEY_PLANS, MASK_BITS  # noqa: E402
+from pruneext.backends.triton import bits, phases, select  # noqa: E402
+from pruneext.backends.reference import VALUE_DTYPES  # noqa: E402
+from pruneext.backends.triton.keys import KEY_PLANS, MASK_BITS  # noqa: E402
 
 # Triton 3.6 (the GPU machine's) gives the histogram kernel's aggregation
 # loop an 8-byte stack frame that Triton 3.8 does not: reported, not fatal
@@ -110,7 +110,7 @@ def mask_kinds():
 
 
 def record_phases(record, score_dtypes):
-    """The phase ops' launches (pruneext/triton/phases.py, sharded pruning)
+    """The phase ops' launches (pruneext/backends/triton/phases.py, sharded pruning)
     over each score dtype and kind of default mask, with and without a cut
     inside a tensor's ties."""
     phases._launch, real = record, phases._launch
@@ -128,7 +128,7 @@ def record_phases(record, score_dtypes):
 
 
 def record_bits(record, score_dtypes):
-    """The bit-mask ops' launches (pruneext/triton/bits.py, lean training)
+    """The bit-mask ops' launches (pruneext/backends/triton/bits.py, lean training)
     over each score dtype, for a list (a table) and one tensor (direct),
     with budgets of none or all of a tensor's ties and with a cut inside
     them (the tie counts and the ranked prune)."""

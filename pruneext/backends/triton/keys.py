@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..select_loop import radix_digits
+from ...select_loop import radix_digits
 
 
 

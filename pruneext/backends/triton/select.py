@@ -41,7 +41,7 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
-from .._reference import check_values
+from ..reference import check_values
 from . import kernels, table, window
 from .keys import KEY_PLANS, MASK_BITS, VALUE_TYPES
 

@@ -207,7 +207,7 @@ def mask_write(scores, default_masks, among_alive, threshold, ties):
 
 # ------------------------------------------------------------- as torch ops
 # The phases as custom ops with fake implementations, as the native
-# backends' are (csrc/ops.cpp; fakes in pruneext/_native.py), so a traced
+# backends' are (csrc/ops.cpp; fakes in pruneext/backends/native.py), so a traced
 # program sees their outputs' shapes and dtypes. Opaque to torch.compile:
 # they launch per tensor and the loop that calls them waits on collectives.
 

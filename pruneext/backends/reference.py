@@ -10,7 +10,7 @@ broken by the lowest flat index.
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from . import backends
+from . import BitOps, Backend, Phases, register
 
 # dtype -> (integer view of the same width, bit pattern of +inf)
 _FLOAT_BITS = {
@@ -367,15 +367,15 @@ def select_threshold(scores, default_masks, among_alive, k):
     return torch.tensor(found, dtype=torch.int64, device=device)
 
 
-backends.register(
-    backends.Backend(
+register(
+    Backend(
         name="torch",
         devices=("cpu", "cuda", "mps", "xpu", "meta"),
         l1_mask=l1_mask,
         l1_mask_global=l1_mask_global,
         score_dtypes=None,
         mask_dtypes=None,
-        phases=backends.Phases(key_histogram, count_equal, mask_write, select_threshold),
-        bits=backends.BitOps(bits_prune, bits_apply),
+        phases=Phases(key_histogram, count_equal, mask_write, select_threshold),
+        bits=BitOps(bits_prune, bits_apply),
     )
 )
