@@ -17,7 +17,7 @@ import math
 import torch
 
 from . import backends, distributed, ops
-from .backends.reference import unpack_bits
+from .backends.contract import KEY_BITS, unpack_bits
 
 FORMATS = ("bits", "bool")
 
@@ -110,7 +110,7 @@ class _ZeroedWeights:
     def __init__(self, weights, masks, pruned, dtype):
         self.scores, self.masks = weights, masks  # (select_loop reads .scores)
         self.pruned = torch.tensor(pruned, dtype=torch.int64)
-        self.key_bits = ops.KEY_BITS[dtype]
+        self.key_bits = KEY_BITS[dtype]
         if weights:
             backend = _bit_ops(weights)
             self.phases, self.bits = backend.phases, backend.bits

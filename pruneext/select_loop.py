@@ -23,23 +23,9 @@ import pickle
 
 import torch
 
-FIRST_DIGIT_BITS = 12  # the first digit of keys wider than 16 bits
-DIGIT_BITS = 11  # every later digit
+from .backends.contract import radix_digits
+
 ALL = torch.iinfo(torch.int64).max  # a tie budget that prunes every tie
-
-
-def radix_digits(key_bits):
-    """(shift, bits) of each radix pass, most significant first: 16-bit keys
-    in one pass, wider keys in a 12-bit digit, then 11-bit digits (the plan
-    of csrc/magnitude_key.h)."""
-    first = key_bits if key_bits <= 16 else FIRST_DIGIT_BITS
-    shift = key_bits - first
-    digits = [(shift, first)]
-    while shift > 0:
-        bits = min(DIGIT_BITS, shift)
-        shift -= bits
-        digits.append((shift, bits))
-    return digits
 
 
 class LocalComm:

@@ -40,8 +40,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from pruneext.backends.triton import bits, phases, select  # noqa: E402
-from pruneext.backends.reference import VALUE_DTYPES  # noqa: E402
-from pruneext.backends.triton.keys import KEY_PLANS, MASK_BITS  # noqa: E402
+from pruneext.backends.contract import KEY_PLANS, MASK_BITS, VALUE_DTYPES  # noqa: E402
 
 # Triton 3.6 (the GPU machine's) gives the histogram kernel's aggregation
 # loop an 8-byte stack frame that Triton 3.8 does not: reported, not fatal

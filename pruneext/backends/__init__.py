@@ -25,6 +25,10 @@ from typing import Callable, Optional
 
 import torch
 
+# what a kernel backend serves unless it says otherwise, and how integer
+# scores reach it (the contract's tables; pruneext.ops reads them here)
+from .contract import INTEGER_SCORE_VIEWS, KERNEL_MASK_DTYPES, KERNEL_SCORE_DTYPES  # noqa: F401
+
 AUTO = "auto"
 
 
@@ -57,38 +61,6 @@ _AUTO_ORDER = {
 }
 
 log = logging.getLogger("pruneext")
-
-KERNEL_SCORE_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
-
-# The kernels read and write masks as raw integers of the mask's width and
-# test "alive" as bits == the bits of 1 (csrc/l1_mask_common.h), so every
-# mask dtype of 1, 2, 4 or 8 bytes with a single encoding of 1 is served:
-# the ones torch.nn.utils.prune accepts. (complex128, 16 bytes, is not.)
-KERNEL_MASK_DTYPES = KERNEL_SCORE_DTYPES | {
-    torch.bool,
-    torch.uint8,
-    torch.int8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-    torch.float8_e4m3fn,
-    torch.float8_e5m2,
-    torch.float8_e4m3fnuz,
-    torch.float8_e5m2fnuz,
-    torch.complex64,
-}
-
-# Integer scores reach the kernels as the float dtype that holds every one
-# of their magnitudes exactly, so ranks and ties are the integers' own (a
-# temporary copy of the scores; see pruneext.ops). 64-bit integers are exact
-# in float64 only up to 2^53 in magnitude: pruneext.ops checks the values.
-INTEGER_SCORE_VIEWS = {
-    torch.uint8: torch.float16,  # |x| <= 255 < 2^11
-    torch.int8: torch.float16,
-    torch.int16: torch.float32,  # |x| <= 2^15 < 2^24
-    torch.int32: torch.float64,  # |x| <= 2^31 < 2^53
-    torch.int64: torch.float64,  # exact while |x| <= 2^53
-}
 
 
 @dataclass(frozen=True)

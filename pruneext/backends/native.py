@@ -10,6 +10,7 @@ import warnings
 import torch
 
 from . import BitOps, Backend, Phases, mark_unavailable, register
+from .contract import mask_outputs
 
 LOAD_ERROR = None
 try:
@@ -93,13 +94,6 @@ def _l1_mask_global(scores, k, default_masks, among_alive=False, values=None, va
     masks = mask_outputs(scores, default_masks)
     torch.ops.pruneext.l1_mask_global.into(scores, k, default_masks, among_alive, masks, values, values_out)
     return masks
-
-
-def mask_outputs(scores, default_masks):
-    """Empty masks as l1_mask_global returns them (the default mask's dtype,
-    else the scores'), for its .into overload."""
-    masks = default_masks or [None] * len(scores)
-    return [torch.empty(s.shape, dtype=s.dtype if m is None else m.dtype, device=s.device) for s, m in zip(scores, masks)]
 
 
 def _phases(dispatch_key):

@@ -21,7 +21,7 @@ except Exception as e:  # ImportError, or a Triton that does not match this torc
     raise ImportError(f"pruneext.backends.triton: triton is not importable: {e}") from e
 
 from . import bits, ops, phases  # noqa: E402  (registers the torch ops)
-from .keys import KEY_PLANS, MASK_BITS  # noqa: E402
+from ..contract import KEY_PLANS, MASK_BITS  # noqa: E402
 from .select import INTERPRET  # noqa: E402
 
 DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)

@@ -40,10 +40,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..reference import check_bit_masks, check_tie_budgets
+from ..contract import KEY_PLANS, check_bit_masks, check_tie_budgets
 from . import table
 from .kernels import _row_of
-from .keys import KEY_PLANS, magnitude_key
+from .keys import magnitude_key
 from .select import INTERPRET, _device_guard
 
 # Mask bytes per program. The interpreter runs programs one after another

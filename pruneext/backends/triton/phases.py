@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from .kernels import add_block_histogram
-from .keys import KEY_PLANS, MASK_BITS, magnitude_key
+from ..contract import KEY_PLANS, MASK_BITS
+from .keys import magnitude_key
 
 BLOCK = 1024
 # The key values (prefix, threshold) and tie budgets are data, not sizes: a
