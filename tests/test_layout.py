@@ -88,3 +88,14 @@ def test_the_layout_test_sees_an_import_between_backends():
     found = _imports_of(source, "pruneext.backends.triton.select", is_package=False)
     assert {_backend_of(m) for m in found} == {None, "reference", "native", "triton"}
 
+
+def test_mask_formats_follow_the_protocol():
+    """Every mask format MagnitudePruner offers has the members of
+    lean_masks.MaskFormat (the protocol a new format is written against)."""
+    import torch
+    from pruneext import lean_masks
+
+    weights = [torch.ones(3, 5)]
+    for name in lean_masks.FORMATS:
+        masks = lean_masks.new_masks(name, weights)
+        assert isinstance(masks, lean_masks.MaskFormat) and masks.name == name
