@@ -109,7 +109,14 @@ def select(phase_input, k_of_alive, comm=None, ties=None, alive=None):
     order, which is the contract's order. `alive`: the alive count, where
     the caller knows it (see find_threshold)."""
     comm = comm or LocalComm()
-    sel = find_threshold(phase_input, k_of_alive, comm, alive)
+    return write(phase_input, find_threshold(phase_input, k_of_alive, comm, alive), ties)
+
+
+def write(phase_input, sel, ties=None):
+    """The driver's tail, the same for one process and for many: each
+    tensor's tie budget for Selection `sel` (every or no entry equal to T
+    unless the selection splits them; then `ties(sel)`, where the caller
+    knows the global order, else list order), then `phase_input`'s write."""
     n = len(phase_input.scores)
     if not sel.split:
         budgets = [ALL if sel.ties else 0] * n
