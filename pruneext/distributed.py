@@ -316,8 +316,8 @@ def l1_masks_across_ranks(scores, k_of_alive, default_masks, among_alive, group)
 
 
 class _OnDevice:
-    """A PhaseInput whose histograms live on the collective's device (an
-    empty list has none of its own)."""
+    """A PhaseInput's select_loop.KeyCounts with the histograms on the
+    collective's device (an empty list has none of its own)."""
 
     def __init__(self, inputs, device):
         self.inputs, self.device = inputs, device
@@ -325,3 +325,6 @@ class _OnDevice:
 
     def key_histogram(self, shift, bits, prefix):
         return self.inputs.key_histogram(shift, bits, prefix).to(self.device)
+
+    def select_threshold(self, k):
+        return None  # (across processes the histograms are summed)

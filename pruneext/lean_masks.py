@@ -39,7 +39,7 @@ class MaskFormat(Protocol):
 
     def selection_input(self, weights, index, pruned, dtype):
         """The weights (pruned in place, with masks[index]) as the
-        selection loop's input (pruneext.select_loop.SelectionInput), whose
+        selection loop's input (select_loop.SelectionInput), whose
         mask_write prunes in place and returns the count each weight lost;
         `pruned`: the entries each mask prunes already; `dtype`: the list's."""
 
@@ -142,13 +142,13 @@ def new_masks(mask_format, weights) -> MaskFormat:
 
 class _ZeroedWeights:
     """Weights of one dtype and device, pruned in place (pruned entries are
-    +0) with bit masks, as select_loop's phase input: its mask write prunes
+    +0) with bit masks, as select_loop.SelectionInput: its mask write prunes
     in place and returns how many entries each weight lost."""
 
     # (dtype: the weights'; a process's part of a sharded list may be empty,
     # and then counts nothing and writes nothing)
     def __init__(self, weights, masks, pruned, dtype):
-        self.scores, self.masks = weights, masks  # (select_loop reads .scores)
+        self.scores, self.masks = weights, masks
         self.pruned = torch.tensor(pruned, dtype=torch.int64)
         self.key_bits = KEY_BITS[dtype]
         if weights:
@@ -196,7 +196,7 @@ class _ZeroedWeights:
 
 
 class _BoolMasked:
-    """Weights with bool masks as select_loop's phase input: the phase ops
+    """Weights with bool masks as select_loop.SelectionInput: the phase ops
     among the alive entries; the write zeroes the newly pruned weights and
     updates the masks in place."""
 
