@@ -1,6 +1,8 @@
 // The pruneext operator library: schemas only. Implementations register
 // under their dispatch keys in cpu/ and cuda/; Python adds fake (meta)
-// implementations in pruneext/ops.py so the ops trace under torch.compile.
+// implementations in pruneext/backends/native.py so the ops trace under
+// torch.compile, and routes calls to them in pruneext/ops.py (how a call
+// finds its kernel: pruneext/backends/README.md).
 #include <torch/library.h>
 
 TORCH_LIBRARY(pruneext, m) {

@@ -7,8 +7,7 @@
 The masks come from radix-select kernels (C++ on CPU, CUDA, Triton) chosen
 per device by pruneext.backends; see README.md for what differs from torch.
 """
-from . import _reference  # noqa: F401  (registers the torch backend)
-from . import _native  # noqa: F401  (loads _C; registers cpu and cuda)
+from . import backends  # noqa: F401  (loads _C and registers the backends)
 from . import ops
 from .backends import available_backends, get_backend, set_backend, use_backend
 from .functional import (
@@ -48,11 +47,6 @@ from torch.nn.utils.prune import (  # noqa: E402,F401
     _validate_pruning_dim,
     _validate_structured_pruning,
 )
-
-try:  # the Triton backend registers itself when Triton can run here
-    from . import triton as _triton_backend  # noqa: F401
-except ImportError:
-    pass
 
 __version__ = "0.1.0"
 

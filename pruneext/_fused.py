@@ -16,8 +16,7 @@ two passes, as does every method that is not the plain L1 rule.
 import torch
 
 from . import distributed
-
-_VALUE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from .backends.contract import VALUE_DTYPES
 
 
 class MaskProduct(torch.autograd.Function):
@@ -51,7 +50,7 @@ def output_for(orig, scores, default_mask=None):
     tensors = [orig, scores] + ([] if default_mask is None else [default_mask])
     if any(distributed.is_dtensor(t) for t in tensors):
         return None
-    if orig.dtype not in _VALUE_DTYPES or not orig.is_contiguous() or scores.device != orig.device:
+    if orig.dtype not in VALUE_DTYPES or not orig.is_contiguous() or scores.device != orig.device:
         return None
     if scores.shape != orig.shape:
         return None

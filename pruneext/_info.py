@@ -1,7 +1,8 @@
 """build_info(): what this installation was built against and can run."""
 import torch
 
-from . import _native, backends
+from . import backends
+from .backends import native
 
 
 def build_info():
@@ -12,8 +13,8 @@ def build_info():
     except ImportError:
         config = None
     return {
-        "pruneext_extension_loaded": _native.LOAD_ERROR is None,
-        "extension_error": _native.LOAD_ERROR,
+        "pruneext_extension_loaded": native.LOAD_ERROR is None,
+        "extension_error": native.LOAD_ERROR,
         "built_with_torch": getattr(config, "TORCH_VERSION", None),
         "built_with_cuda": getattr(config, "CUDA_VERSION", None),
         "cuda_archs": getattr(config, "CUDA_ARCHS", None),

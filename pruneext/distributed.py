@@ -269,11 +269,7 @@ def select_shards(parts, counted, k_of_alive, among_alive):
     global last_call_bytes
     comm = parts.comm
     sel = select_loop.find_threshold(_OnDevice(counted, _flag_device(comm.group)), k_of_alive, comm)
-    if sel.split:
-        budgets = parts.budgets(sel, among_alive)
-    else:
-        budgets = [select_loop.ALL if sel.ties else 0] * len(parts.shards)
-    out = parts.every.mask_write(sel.threshold, budgets)
+    out = select_loop.write(parts.every, sel, lambda sel: parts.budgets(sel, among_alive))
     last_call_bytes = comm.bytes_sent
     return out
 
@@ -314,17 +310,14 @@ def l1_masks_across_ranks(scores, k_of_alive, default_masks, among_alive, group)
         return select_loop.share_in_order(counts, left)
 
     sel = select_loop.find_threshold(_OnDevice(inputs, device), k_of_alive, comm)
-    if sel.split:
-        budgets = ties(sel)
-    else:
-        budgets = [select_loop.ALL if sel.ties else 0] * len(scores)
-    last_call_bytes = comm.bytes_sent
-    return inputs.mask_write(sel.threshold, budgets)
+    out = select_loop.write(inputs, sel, ties)
+    last_call_bytes = comm.bytes_sent  # (the write sends nothing)
+    return out
 
 
 class _OnDevice:
-    """A PhaseInput whose histograms live on the collective's device (an
-    empty list has none of its own)."""
+    """A PhaseInput's select_loop.KeyCounts with the histograms on the
+    collective's device (an empty list has none of its own)."""
 
     def __init__(self, inputs, device):
         self.inputs, self.device = inputs, device
@@ -332,3 +325,6 @@ class _OnDevice:
 
     def key_histogram(self, shift, bits, prefix):
         return self.inputs.key_histogram(shift, bits, prefix).to(self.device)
+
+    def select_threshold(self, k):
+        return None  # (across processes the histograms are summed)

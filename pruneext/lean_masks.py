@@ -13,13 +13,48 @@ every entry less the pruned count in the bin of key 0. Nothing reads the bits
 until the write, which prunes only alive entries.
 """
 import math
+from typing import List, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from . import backends, distributed, ops
-from ._reference import unpack_bits
+from .backends.contract import KEY_BITS, unpack_bits
 
-FORMATS = ("bits", "bool")
+
+@runtime_checkable
+class MaskFormat(Protocol):
+    """How MagnitudePruner keeps its masks: one mask per weight, in a format
+    of its own. Adding a format is a class with these members and a line in
+    _FORMATS below (pruneext/backends/README.md). `j` indexes the weights
+    the masks were made for; `index` maps a list of tensors to those."""
+
+    name: str  # the mask_format it is chosen by, and is saved under
+    masks: List[torch.Tensor]  # the state: saved and loaded as they are
+
+    def __init__(self, weights: Sequence[torch.Tensor]) -> None:
+        """Masks that keep every entry of `weights`."""
+
+    def apply(self, tensors: Sequence[torch.Tensor], index: Sequence[int]) -> None:
+        """Zero, in place, what masks[index[i]] prunes in tensors[i]."""
+
+    def selection_input(self, weights, index, pruned, dtype):
+        """The weights (pruned in place, with masks[index]) as the
+        selection loop's input (select_loop.SelectionInput), whose
+        mask_write prunes in place and returns the count each weight lost;
+        `pruned`: the entries each mask prunes already; `dtype`: the list's."""
+
+    def alive_mask(self, j: int, numel: int, threshold: int):
+        """Mask j's alive entries as a bool tensor, where counting the
+        entries of key `threshold` needs it; else None."""
+
+    def as_bool(self, j: int, shape) -> torch.Tensor:
+        """Mask j as a new bool tensor of `shape` (True: kept)."""
+
+    def pruned_count(self, j: int, numel: int) -> int:
+        """How many of mask j's `numel` entries are pruned."""
+
+    def check_state(self, j: int, mask: torch.Tensor, weight: torch.Tensor) -> None:
+        """Raise ValueError where a loaded `mask` cannot be mask j."""
 
 
 def _bit_ops(tensors):
@@ -96,21 +131,26 @@ class BoolMasks:
             )
 
 
-def new_masks(mask_format, weights):
-    return {"bits": BitMasks, "bool": BoolMasks}[mask_format](weights)
+# Every mask format, by name: MagnitudePruner(mask_format=...) takes these.
+_FORMATS = {format.name: format for format in (BitMasks, BoolMasks)}
+FORMATS = tuple(_FORMATS)
+
+
+def new_masks(mask_format, weights) -> MaskFormat:
+    return _FORMATS[mask_format](weights)
 
 
 class _ZeroedWeights:
     """Weights of one dtype and device, pruned in place (pruned entries are
-    +0) with bit masks, as select_loop's phase input: its mask write prunes
+    +0) with bit masks, as select_loop.SelectionInput: its mask write prunes
     in place and returns how many entries each weight lost."""
 
     # (dtype: the weights'; a process's part of a sharded list may be empty,
     # and then counts nothing and writes nothing)
     def __init__(self, weights, masks, pruned, dtype):
-        self.scores, self.masks = weights, masks  # (select_loop reads .scores)
+        self.scores, self.masks = weights, masks
         self.pruned = torch.tensor(pruned, dtype=torch.int64)
-        self.key_bits = ops.KEY_BITS[dtype]
+        self.key_bits = KEY_BITS[dtype]
         if weights:
             backend = _bit_ops(weights)
             self.phases, self.bits = backend.phases, backend.bits
@@ -156,7 +196,7 @@ class _ZeroedWeights:
 
 
 class _BoolMasked:
-    """Weights with bool masks as select_loop's phase input: the phase ops
+    """Weights with bool masks as select_loop.SelectionInput: the phase ops
     among the alive entries; the write zeroes the newly pruned weights and
     updates the masks in place."""
 

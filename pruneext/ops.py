@@ -25,6 +25,7 @@ import functools
 import torch
 
 from . import backends
+from .backends import contract
 
 
 # 2^53: the largest magnitude up to which every integer is a float64
@@ -175,7 +176,7 @@ def l1_mask_global(scores, k, default_masks=None, among_alive=False, values=None
 # scores: integer scores are ranked as their exact float copy, as above.
 
 # bits of the magnitude key of each score dtype the phases rank
-KEY_BITS = {torch.float32: 31, torch.float64: 63, torch.float16: 15, torch.bfloat16: 15}
+KEY_BITS = contract.KEY_BITS
 
 
 class PhaseInput:

@@ -34,7 +34,7 @@ from torch import nn
 
 from . import distributed, lean_masks, select_loop
 from .distributed import is_dtensor
-from .ops import KEY_BITS
+from .backends.contract import KEY_BITS
 from .schedules import Constant, _fraction
 
 SCOPES = ("global", "layer")

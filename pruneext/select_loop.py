@@ -20,26 +20,13 @@ of 2^15 for 16-bit keys), and what `ties` exchanges: none of it grows with
 the tensors. `LocalComm` is the one-process case: no collectives.
 """
 import pickle
+from typing import List, Optional, Protocol, Sequence
 
 import torch
 
-FIRST_DIGIT_BITS = 12  # the first digit of keys wider than 16 bits
-DIGIT_BITS = 11  # every later digit
+from .backends.contract import radix_digits
+
 ALL = torch.iinfo(torch.int64).max  # a tie budget that prunes every tie
-
-
-def radix_digits(key_bits):
-    """(shift, bits) of each radix pass, most significant first: 16-bit keys
-    in one pass, wider keys in a 12-bit digit, then 11-bit digits (the plan
-    of csrc/magnitude_key.h)."""
-    first = key_bits if key_bits <= 16 else FIRST_DIGIT_BITS
-    shift = key_bits - first
-    digits = [(shift, first)]
-    while shift > 0:
-        bits = min(DIGIT_BITS, shift)
-        shift -= bits
-        digits.append((shift, bits))
-    return digits
 
 
 class LocalComm:
@@ -63,6 +50,37 @@ class LocalComm:
         return [obj]
 
 
+class KeyCounts(Protocol):
+    """What find_threshold reads of this process's part of the list."""
+
+    key_bits: int  # significant bits of the magnitude key (contract.KEY_BITS)
+
+    def key_histogram(self, shift: int, bits: int, prefix: int) -> torch.Tensor:
+        """int64 counts of digit (key >> shift) & (2^bits - 1) over the alive
+        entries whose higher digits (key >> (shift + bits)) equal `prefix`."""
+
+    def select_threshold(self, k: int) -> Optional[torch.Tensor]:
+        """[T, below, equal, equal per tensor...] of the k-th smallest alive
+        key in one call, or None: then the histogram passes run."""
+
+
+class SelectionInput(KeyCounts, Protocol):
+    """What select and write read: the part's tensors, which the tie
+    budgets follow one to one, and its two last phases. The kinds there
+    are: ops.PhaseInput (scores with default masks, on a backend's phase
+    ops), lean_masks' _ZeroedWeights and _BoolMasked (MagnitudePruner's
+    weights, pruned in place); distributed._OnDevice is a KeyCounts only."""
+
+    scores: Sequence[torch.Tensor]
+
+    def count_equal(self, threshold: int) -> torch.Tensor:
+        """How many alive entries of each tensor have key `threshold`."""
+
+    def mask_write(self, threshold: int, ties: List[int]):
+        """Prune the keys below T and each tensor's first ties[i] alive keys
+        equal to T; what it returns, select and write return."""
+
+
 class Selection:
     """What find_threshold settled: k, the threshold key T, how many entries
     equal to T are pruned (`ties`) and how many there are (`equal`); where
@@ -79,20 +97,19 @@ class Selection:
         return 0 < self.ties < self.equal
 
 
-def find_threshold(phase_input, k_of_alive, comm, alive=None):
-    """Run the radix passes over `phase_input` (a pruneext.ops.PhaseInput:
-    this process's part of the list) with histograms summed by `comm`.
+def find_threshold(phase_input: KeyCounts, k_of_alive, comm, alive=None) -> Selection:
+    """Run the radix passes over `phase_input` (this process's part of the
+    list) with histograms summed by `comm`.
     `k_of_alive(alive)` gives k from the alive count of the whole list (and
     raises for a bad amount: the same on every process, since the count is).
     In one process, with the alive count known (`alive`), a backend that has
     the fused select's threshold op answers in one call instead (its sampled
     window reads the keys about once, against once per digit here)."""
-    select_threshold = getattr(phase_input, "select_threshold", None)
-    if alive is not None and comm.world_size == 1 and select_threshold is not None:
+    if alive is not None and comm.world_size == 1:
         k = int(k_of_alive(alive))
         if k == 0:
             return Selection(0, 0, 0, 0)
-        found = select_threshold(k)
+        found = phase_input.select_threshold(k)
         if found is not None:
             threshold, below, equal, *per_tensor = (int(v) for v in found.tolist())
             return Selection(k, threshold, k - below, equal, per_tensor)
@@ -116,14 +133,21 @@ def find_threshold(phase_input, k_of_alive, comm, alive=None):
     return Selection(k, prefix, k - below, bucket_count)
 
 
-def select(phase_input, k_of_alive, comm=None, ties=None, alive=None):
+def select(phase_input: SelectionInput, k_of_alive, comm=None, ties=None, alive=None):
     """Masks of `phase_input` for the global selection. `ties(selection)`
     returns this process's tie budget per tensor when the selection splits
     the entries equal to T; the default (one process) gives them in list
     order, which is the contract's order. `alive`: the alive count, where
     the caller knows it (see find_threshold)."""
     comm = comm or LocalComm()
-    sel = find_threshold(phase_input, k_of_alive, comm, alive)
+    return write(phase_input, find_threshold(phase_input, k_of_alive, comm, alive), ties)
+
+
+def write(phase_input: SelectionInput, sel: Selection, ties=None):
+    """The driver's tail, the same for one process and for many: each
+    tensor's tie budget for Selection `sel` (every or no entry equal to T
+    unless the selection splits them; then `ties(sel)`, where the caller
+    knows the global order, else list order), then `phase_input`'s write."""
     n = len(phase_input.scores)
     if not sel.split:
         budgets = [ALL if sel.ties else 0] * n

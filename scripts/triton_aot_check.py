@@ -5,7 +5,7 @@ memory.
 The interpreter tests (TRITON_INTERPRET=1) run the kernels' arithmetic on
 CPU tensors, but never through Triton's GPU compiler: a kernel can pass them
 and still fail to compile, or spill, on the H100. This script drives the
-real host code (pruneext/triton/select.py) on small CPU tensors with the
+real host code (pruneext/backends/triton/select.py) on small CPU tensors with the
 launches recorded instead of run, then compiles each distinct launch for the
 target with triton.compile, which needs no driver. Each launch is compiled
 as the GPU JIT specialises it for its argument values (jit_specialization:
@@ -52,9 +52,8 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-from pruneext.triton import bits, phases, select  # noqa: E402
-from pruneext._reference import VALUE_DTYPES  # noqa: E402
-from pruneext.triton.keys import KEY_PLANS, MASK_BITS  # noqa: E402
+from pruneext.backends.triton import bits, phases, select  # noqa: E402
+from pruneext.backends.contract import KEY_PLANS, MASK_BITS, VALUE_DTYPES  # noqa: E402
 
 # An 8-byte stack frame without local memory is reported, not fatal: Triton
 # 3.6 (the GPU machine's) gives the histogram kernel's aggregation loop one,
@@ -223,7 +222,7 @@ def mask_kinds():
 
 
 def record_phases(record, score_dtypes):
-    """The phase ops' launches (pruneext/triton/phases.py, sharded pruning)
+    """The phase ops' launches (pruneext/backends/triton/phases.py, sharded pruning)
     over each score dtype and kind of default mask, with and without a cut
     inside a tensor's ties, on 300 entries, 256 and 1, for a key (the +inf
     one: int64 for float64 scores) and the prefix of its higher digits."""
@@ -245,7 +244,7 @@ def record_phases(record, score_dtypes):
 
 
 def record_bits(record, score_dtypes):
-    """The bit-mask ops' launches (pruneext/triton/bits.py, lean training)
+    """The bit-mask ops' launches (pruneext/backends/triton/bits.py, lean training)
     over each score dtype, for a list (a table) and one tensor (direct),
     with budgets of none or all of a tensor's ties and with a cut inside
     them (the tie counts and the ranked prune): tables of 3 and 2 tensors,

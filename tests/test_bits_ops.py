@@ -7,7 +7,7 @@ import torch
 
 import pruneext
 from conftest import DEVICES
-from pruneext import _reference as ref
+from pruneext.backends import reference as ref
 from pruneext import backends, select_loop
 from test_phases import quantized, with_specials
 
@@ -266,7 +266,7 @@ def test_cpu_portable_paths_match_reference():
 
     code = (
         "import torch, pruneext\n"
-        "from pruneext import _reference as ref\n"
+        "from pruneext.backends import reference as ref\n"
         "from test_bits_ops import ALL, _list, _thresholds\n"
         "for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):\n"
         "    ws, bits = _list(dtype, 'cpu', seed=3)\n"

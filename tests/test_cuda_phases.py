@@ -1,5 +1,5 @@
 """The CUDA phase ops (l1_key_histogram, l1_count_equal, l1_mask_write)
-against the torch reference of the phases (pruneext._reference) on the CPU
+against the torch reference of the phases (pruneext.backends.reference) on the CPU
 copies, bit for bit, and the driver loop over them against the fused
 l1_mask_global. Sizes put ties across tile boundaries (4096 entries a tile
 for 32/64-bit keys, 16384 for 16-bit ones), the cut of a budget inside a tile
@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import pruneext
-from pruneext import _reference as ref
+from pruneext.backends import reference as ref
 from pruneext import ops, select_loop
-from pruneext._native import has_kernel
+from pruneext.backends.native import has_kernel
 
 pytestmark = [
     pytest.mark.cuda,

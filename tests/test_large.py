@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pruneext
-from pruneext import _reference as ref
+from pruneext.backends import reference as ref
 from pruneext import backends
 
 N = 2**31 + 17

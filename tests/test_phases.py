@@ -1,5 +1,5 @@
 """The phase ops (l1_key_histogram, l1_count_equal, l1_mask_write) on every
-backend that has them, against the torch backend's phases (pruneext._reference,
+backend that has them, against the torch backend's phases (pruneext.backends.reference,
 the oracle: bit for bit), and the driver loop over them (select_loop.select)
 against the fused l1_mask_global."""
 import pytest
@@ -7,7 +7,7 @@ import torch
 
 import pruneext
 from conftest import DEVICES, distinct_magnitudes
-from pruneext import _reference as ref
+from pruneext.backends import reference as ref
 from pruneext import backends, ops, select_loop
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]

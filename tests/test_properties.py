@@ -27,7 +27,7 @@ def triton_windows_from_64_entries(monkeypatch):
     """The Triton backend's sampled window (a sample of 32) from 64 entries:
     the smaller draws take its plain radix passes, the others the window."""
     if "triton" in backends.available_backends():
-        from pruneext.triton import select, window
+        from pruneext.backends.triton import select, window
 
         monkeypatch.setattr(select, "WINDOW_MIN", 64)
         monkeypatch.setattr(window, "SAMPLE", 32)

@@ -67,7 +67,7 @@ def test_radix_digits_cover_the_key():
 
 @pytest.mark.skipif("triton" not in PHASE_BACKENDS, reason="the triton backend is not available here")
 def test_triton_phase_ops_opcheck():
-    from pruneext.triton import phases
+    from pruneext.backends.triton import phases
 
     x = (torch.randint(-5, 6, (33, 17), generator=torch.Generator().manual_seed(2)) / 4).float()
     mask = (torch.rand(33, 17, generator=torch.Generator().manual_seed(3)) > 0.3).float()

@@ -22,7 +22,8 @@ import triton
 import triton.language as tl
 
 import pruneext
-from pruneext import _reference, backends
+from pruneext import backends
+from pruneext.backends import reference as _reference
 from conftest import distinct_magnitudes
 
 if "triton" not in backends.available_backends():
@@ -30,9 +31,9 @@ if "triton" not in backends.available_backends():
         f"triton backend unavailable: {backends.unavailable_backends().get('triton')}", allow_module_level=True
     )
 
-from pruneext.triton import kernels as triton_kernels  # noqa: E402
-from pruneext.triton import select as triton_select  # noqa: E402
-from pruneext.triton import window as triton_window  # noqa: E402
+from pruneext.backends.triton import kernels as triton_kernels  # noqa: E402
+from pruneext.backends.triton import select as triton_select  # noqa: E402
+from pruneext.backends.triton import window as triton_window  # noqa: E402
 
 SERVED = backends._registry["triton"].devices
 DEVICES = [d for d in ("cpu", "cuda") if d in SERVED and (d == "cpu" or torch.cuda.is_available())]
@@ -269,7 +270,7 @@ def test_select_threshold_matches_reference(device, dtype, among_alive, monkeypa
     reference, on the sampled window's hits (spread data) and misses (a
     window forced below every key), and on heavy ties split across blocks
     and tensors (the per-tensor counts)."""
-    from pruneext.triton import ops as triton_ops
+    from pruneext.backends.triton import ops as triton_ops
 
     spread = distinct_magnitudes(1000, dtype=dtype, seed=3)
     tied = scores_with_ties(1500, dtype, seed=6)
@@ -670,7 +671,7 @@ class TargetOnly:
     def get_active_torch_device(self): return torch.device("cpu")
 triton.runtime.driver.set_active(TargetOnly())
 
-import pruneext.triton.select as sel
+import pruneext.backends.triton.select as sel
 assert not sel.INTERPRET
 
 # 1. torch.compile's AOTDispatcher decomposes the triton_op into its launches.

@@ -27,7 +27,7 @@ PROBE = r'''
 import dataclasses, json
 import torch
 import triton_aot_check as aot  # (first: it drops TRITON_INTERPRET before pruneext loads)
-from pruneext.triton import kernels
+from pruneext.backends.triton import kernels
 
 # block_count before the fix: .to() of what the JIT may make a Python int
 OLD_BLOCK_COUNT = """def block_count(count, BLOCK: tl.constexpr):

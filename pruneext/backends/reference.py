@@ -8,38 +8,20 @@ csrc/magnitude_key.h (NaN largest, all NaNs tie, -0.0 ties +0.0) and ties
 broken by the lowest flat index.
 """
 import torch
-from torch._subclasses.fake_tensor import is_fake
 
-from . import backends
+from . import BitOps, Backend, Phases, register
+from .contract import (
+    check_bit_masks,
+    check_default_mask,
+    check_tie_budgets,
+    check_values,
+    magnitude_key,
+    pack_bits,
+    unpack_bits,
+)
 
-# dtype -> (integer view of the same width, bit pattern of +inf)
-_FLOAT_BITS = {
-    torch.float32: (torch.int32, 0x7F800000),
-    torch.float64: (torch.int64, 0x7FF0000000000000),
-    torch.float16: (torch.int16, 0x7C00),
-    torch.bfloat16: (torch.int16, 0x7F80),
-}
 _INT64_MAX = torch.iinfo(torch.int64).max
-_INT64_MIN = torch.iinfo(torch.int64).min
 _INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def magnitude_key(scores):
-    """int64 keys, flat in row-major order, that order like |scores|."""
-    flat = scores.reshape(-1)
-    if scores.dtype in _FLOAT_BITS:
-        int_dtype, inf_bits = _FLOAT_BITS[scores.dtype]
-        width = torch.iinfo(int_dtype).bits
-        abs_mask = (1 << (width - 1)) - 1
-        key = flat.contiguous().view(int_dtype).to(torch.int64) & abs_mask
-        return torch.where(key > inf_bits, torch.full_like(key, abs_mask), key)
-    if scores.dtype.is_floating_point or scores.dtype.is_complex or scores.dtype == torch.bool:
-        raise TypeError(f"L1 pruning needs real float or integer scores, got {scores.dtype}")
-    if scores.dtype == torch.int64:
-        # |x| as unsigned bits (abs of the most negative value wraps onto 2^63's
-        # bits), top bit flipped so that signed order is the unsigned order
-        return flat.abs() ^ _INT64_MIN
-    return flat.to(torch.int64).abs()
 
 
 def _select(key, k, alive):
@@ -78,85 +60,10 @@ def _apply(selected, scores, default_mask):
     return out
 
 
-def _check_mask(scores, default_mask):
-    if default_mask is not None and default_mask.shape != scores.shape:
-        raise RuntimeError(
-            f"l1_mask: default mask of shape {tuple(default_mask.shape)} does not match "
-            f"scores of shape {tuple(scores.shape)}"
-        )
-
-
 def _meta_result(scores, default_mask):
     # meta tensors have no values: only the result's shape and dtype exist
     dtype = scores.dtype if default_mask is None else default_mask.dtype
     return torch.empty(scores.shape, dtype=dtype, device="meta")
-
-
-VALUE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _byte_range(t):
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    return t.data_ptr(), t.data_ptr() + extent * t.element_size()
-
-
-def _overlaps(a, b):
-    """Whether two tensors may share memory (their byte ranges meet; meta
-    and fake tensors have no memory to compare)."""
-    if any(t.is_meta or is_fake(t) or t.numel() == 0 for t in (a, b)):
-        return False
-    if a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr():
-        return False
-    (a0, a1), (b0, b1) = _byte_range(a), _byte_range(b)
-    return a0 < b1 and b0 < a1
-
-
-def check_values(scores, masks, values, values_out, op):
-    """The checks of the optional masked-values outputs (csrc/l1_mask_common.h's
-    attach_values, with its errors), for the Python backends: `values` (None:
-    the scores) and `values_out` one per score tensor, or values_out None.
-    Returns the values list (None where the call has no values_out)."""
-    if values_out is None:
-        if values is not None:
-            raise RuntimeError(f"{op}: values given without values_out (where would they go?)")
-        return None
-    if len(values_out) != len(scores):
-        raise RuntimeError(f"{op}: expected one values_out per score tensor, got {len(values_out)} for {len(scores)} tensors")
-    values = list(values) if values is not None else [None] * len(scores)
-    if len(values) != len(scores):
-        raise RuntimeError(
-            f"{op}: expected one values tensor per score tensor (or none: the scores), got {len(values)} "
-            f"for {len(scores)} tensors"
-        )
-    values = [s if v is None else v for s, v in zip(scores, values)]
-    masks = masks or [None] * len(scores)
-    for s, v, o, m in zip(scores, values, values_out, masks):
-        if o is None:
-            raise RuntimeError(f"{op}: values_out is None")
-        if v.shape != s.shape:
-            raise RuntimeError(f"{op}: values of shape {list(v.shape)} do not match scores of shape {list(s.shape)}")
-        if v.device != s.device:
-            raise RuntimeError(f"{op}: values on {v.device} but scores on {s.device}")
-        if v.dtype not in VALUE_DTYPES:
-            raise TypeError(f"{op}: values must be float32, float64, float16 or bfloat16, got {v.dtype}")
-        if v.dtype != values[0].dtype:
-            raise TypeError(f"{op}: all values must share one dtype, got {values[0].dtype} and {v.dtype}")
-        if o.shape != v.shape:
-            raise RuntimeError(f"{op}: values_out of shape {list(o.shape)} does not match values of shape {list(v.shape)}")
-        if o.dtype != v.dtype:
-            raise TypeError(f"{op}: values_out of dtype {o.dtype} does not match values of dtype {v.dtype}")
-        if o.device != v.device:
-            raise RuntimeError(f"{op}: values_out on {o.device} but values on {v.device}")
-        if not o.is_contiguous():
-            raise RuntimeError(f"{op}: values_out must be contiguous (it is written in place)")
-        if any(t is not None and _overlaps(o, t) for t in (s, v, m)):
-            raise RuntimeError(f"{op}: values_out shares memory with an input (scores, values or default mask)")
-    given = [m for m in masks if m is not None]
-    if given and given[0].dtype != values[0].dtype:
-        raise TypeError(
-            f"{op}: with values_out, the default masks must have values' dtype ({values[0].dtype}), got {given[0].dtype}"
-        )
-    return values
 
 
 def _write_values(masks, values, values_out):
@@ -166,7 +73,7 @@ def _write_values(masks, values, values_out):
 
 
 def l1_mask(scores, k, default_mask=None, among_alive=False, values=None, values_out=None):
-    _check_mask(scores, default_mask)
+    check_default_mask(scores, default_mask)
     values = check_values([scores], [default_mask], None if values is None else [values],
                           None if values_out is None else [values_out], "l1_mask")
     if scores.is_meta:
@@ -187,7 +94,7 @@ def l1_mask_global(scores, k, default_masks, among_alive=False, values=None, val
             raise RuntimeError(f"l1_mask_global: k={k} but there is nothing to prune")
         return []
     for s, m in zip(scores, default_masks):
-        _check_mask(s, m)
+        check_default_mask(s, m)
     if scores[0].is_meta:
         return [_meta_result(s, m) for s, m in zip(scores, default_masks)]
     key = torch.cat([magnitude_key(s) for s in scores])
@@ -250,7 +157,7 @@ def mask_write(scores, default_masks, among_alive, threshold, ties):
     if len(ties) != len(scores):
         raise RuntimeError(f"l1_mask_write: expected {len(scores)} tie budgets, got {len(ties)}")
     for s, m in zip(scores, masks):
-        _check_mask(s, m)
+        check_default_mask(s, m)
     if scores and scores[0].is_meta:
         return [_meta_result(s, m) for s, m in zip(scores, masks)]
     out = []
@@ -268,54 +175,7 @@ def mask_write(scores, default_masks, among_alive, threshold, ties):
 
 # ---------------------------------------------------------------- bit masks
 # The lean training ops on masks packed to bits (csrc/ops.cpp documents
-# them): bit (e & 7) of byte (e >> 3) is entry e's.
-
-_BIT_SHIFTS = {}
-
-
-def unpack_bits(bits, numel):
-    """The first `numel` bits of a uint8 bit mask, as a flat bool tensor."""
-    shifts = _BIT_SHIFTS.get(bits.device)
-    if shifts is None:
-        shifts = _BIT_SHIFTS[bits.device] = torch.arange(8, dtype=torch.uint8, device=bits.device)
-    return ((bits.reshape(-1, 1) >> shifts) & 1).reshape(-1)[:numel].bool()
-
-
-def pack_bits(alive):
-    """A flat bool tensor as a uint8 bit mask (pad bits 0)."""
-    flat = alive.reshape(-1).to(torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8)).reshape(-1, 8)
-    weights = torch.tensor([1 << i for i in range(8)], dtype=torch.int32, device=flat.device)
-    return (flat.to(torch.int32) * weights).sum(1).to(torch.uint8)
-
-
-def check_bit_masks(tensors, bits, op, what, dtypes=None):
-    """The bit-mask ops' argument checks (csrc/l1_bits_common.h's, with the
-    same errors), for the Python backends; `dtypes`: the floating dtypes
-    served (None: any)."""
-    if len(tensors) != len(bits):
-        raise RuntimeError(f"{op}: expected one bit mask per tensor, got {len(bits)} masks for {len(tensors)} {what}")
-    found = {t.dtype for t in tensors}
-    if len(found) > 1 or any(not d.is_floating_point or (dtypes is not None and d not in dtypes) for d in found):
-        served = "" if dtypes is None else f" ({', '.join(sorted(str(d).replace('torch.', '') for d in dtypes))})"
-        raise TypeError(f"{op}: {what} must share one floating dtype{served}, got {sorted(map(str, found))}")
-    for j, (t, b) in enumerate(zip(tensors, bits)):
-        if b.dtype != torch.uint8:
-            raise TypeError(f"{op}: bit masks must be uint8, got {b.dtype}")
-        if t.device != tensors[0].device or b.device != t.device:
-            raise RuntimeError(f"{op}: all tensors must be on one device")
-        if not t.is_contiguous() or not b.is_contiguous():
-            raise RuntimeError(f"{op}: {what}[{j}] and its bit mask must be contiguous (written in place)")
-        if b.numel() != (t.numel() + 7) // 8:
-            raise RuntimeError(f"{op}: bit mask {j} has {b.numel()} bytes, expected ceil({t.numel()} / 8)")
-
-
-def check_tie_budgets(weights, ties, op):
-    if len(ties) != len(weights):
-        raise RuntimeError(f"{op}: expected {len(weights)} tie budgets, got {len(ties)}")
-    for budget in ties:
-        if budget < 0:
-            raise RuntimeError(f"{op}: tie budget {budget} is negative")
+# them; the packing and the checks are contract.py's).
 
 
 def bits_prune(weights, bits, threshold, ties):
@@ -367,15 +227,15 @@ def select_threshold(scores, default_masks, among_alive, k):
     return torch.tensor(found, dtype=torch.int64, device=device)
 
 
-backends.register(
-    backends.Backend(
+register(
+    Backend(
         name="torch",
         devices=("cpu", "cuda", "mps", "xpu", "meta"),
         l1_mask=l1_mask,
         l1_mask_global=l1_mask_global,
         score_dtypes=None,
         mask_dtypes=None,
-        phases=backends.Phases(key_histogram, count_equal, mask_write, select_threshold),
-        bits=backends.BitOps(bits_prune, bits_apply),
+        phases=Phases(key_histogram, count_equal, mask_write, select_threshold),
+        bits=BitOps(bits_prune, bits_apply),
     )
 )

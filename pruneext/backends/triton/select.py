@@ -41,9 +41,9 @@ import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import wrap_triton
 
-from .._reference import check_values
+from ..contract import KEY_PLANS, MASK_BITS, check_mask_outputs, check_values
 from . import kernels, table, window
-from .keys import KEY_PLANS, MASK_BITS, VALUE_TYPES
+from .keys import VALUE_TYPES
 
 # TRITON_INTERPRET=1 (read by @triton.jit when kernels.py was imported) makes
 # the kernels InterpretedFunctions: they run on CPU tensors, and cannot be traced.
@@ -112,7 +112,7 @@ class _Job:
         self.prev_one = MASK_BITS[prev.dtype][1] if self.filter else 1
         self.out_dtype = scores.dtype if prev is None else prev.dtype
         out_bits_dtype, self.out_one = MASK_BITS[self.out_dtype]
-        # the caller's mask output (checked by _check_outputs), else a new one
+        # the caller's mask output (checked by check_mask_outputs), else a new one
         # (none for a call that writes no mask: the kernels it runs never
         # touch the output)
         shape = scores.shape if allocate else (0,)
@@ -240,23 +240,6 @@ def _radix_passes(sources, plan, k, state, tracing, gate, from_k=True):
         )
 
 
-def _check_outputs(scores, masks, masks_out, op):
-    """l1_mask_global.into's mask outputs (csrc/l1_mask_common.h's
-    attach_masks, with its errors)."""
-    if len(masks_out) != len(scores):
-        raise RuntimeError(f"{op}: expected one mask output per score tensor, got {len(masks_out)} for {len(scores)} tensors")
-    for s, m, o in zip(scores, masks or [None] * len(scores), masks_out):
-        dtype = s.dtype if m is None else m.dtype
-        if o.shape != s.shape:
-            raise RuntimeError(f"{op}: mask output of shape {list(o.shape)} does not match scores of shape {list(s.shape)}")
-        if o.dtype != dtype:
-            raise TypeError(f"{op}: mask output of dtype {o.dtype}, expected {dtype} (the default mask's, else the scores')")
-        if o.device != s.device:
-            raise RuntimeError(f"{op}: mask output on {o.device} but scores on {s.device}")
-        if not o.is_contiguous():
-            raise RuntimeError(f"{op}: mask outputs must be contiguous (they are written in place)")
-
-
 def l1_masks(scores, k, masks, among_alive, op="l1_mask", values=None, values_out=None, masks_out=None):
     """The masks of the k smallest-|scores| entries of the list, ranked
     together (see pruneext.ops for the semantics), written into masks_out
@@ -264,7 +247,7 @@ def l1_masks(scores, k, masks, among_alive, op="l1_mask", values=None, values_ou
     beside its mask."""
     _check(scores, masks, k, op)
     if masks_out is not None:
-        _check_outputs(scores, masks, masks_out, op)
+        check_mask_outputs(scores, masks, masks_out, op)
     values = check_values(scores, masks, values, values_out, op)
     if not scores:
         return []

@@ -7,11 +7,17 @@ backends (`cpu`, `cuda`, `triton`) register themselves when they load.
 The choice, in order: `use_backend(...)` in the current context, else
 `set_backend(...)`, else the environment variable PRUNEEXT_BACKEND, else
 "auto". "auto" takes, per tensor, the fastest registered backend that serves
-its device and dtype (the table _AUTO_ORDER). An explicitly chosen backend
+its device and dtype (the table BACKENDS). An explicitly chosen backend
 that cannot serve a tensor raises; it never switches silently.
+
+This package is the registry; the backends are its modules (reference.py,
+native.py, triton/), and contract.py is what they share (csrc's shared
+headers in Python). README.md here says how a call finds its kernel and
+how to add a backend.
 """
 import contextlib
 import contextvars
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -19,48 +25,42 @@ from typing import Callable, Optional
 
 import torch
 
-AUTO = "auto"
-KNOWN = ("torch", "cpu", "cuda", "triton")
+# what a kernel backend serves unless it says otherwise, and how integer
+# scores reach it (the contract's tables; pruneext.ops reads them here)
+from .contract import INTEGER_SCORE_VIEWS, KERNEL_MASK_DTYPES, KERNEL_SCORE_DTYPES  # noqa: F401
 
-# Fastest first, per device type; devices not listed get the torch backend.
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Declared:
+    """A backend this package knows of: its name, the module of this
+    package that registers it when imported, and where "auto" tries it:
+    {device type: rank}, lower ranks first."""
+
+    name: str
+    module: str
+    auto: dict
+
+
+# Every backend, in one place: adding one is a line here and its module
+# (README.md). The order is available_backends()' order. Devices that no
+# rank names get the torch backend.
+BACKENDS = (
+    Declared("torch", "reference", {"cpu": 9, "cuda": 9}),  # everywhere, the fallback
+    Declared("cpu", "native", {"cpu": 0}),
+    Declared("cuda", "native", {"cuda": 0}),
+    Declared("triton", "triton", {"cuda": 1}),
+)
+KNOWN = tuple(d.name for d in BACKENDS)
+
+# Fastest first, per device type (from BACKENDS' ranks).
 _AUTO_ORDER = {
-    "cuda": ("cuda", "triton", "torch"),
-    "cpu": ("cpu", "torch"),
+    device: tuple(d.name for d in sorted((d for d in BACKENDS if device in d.auto), key=lambda d: d.auto[device]))
+    for device in sorted({device for d in BACKENDS for device in d.auto})
 }
 
 log = logging.getLogger("pruneext")
-
-KERNEL_SCORE_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
-
-# The kernels read and write masks as raw integers of the mask's width and
-# test "alive" as bits == the bits of 1 (csrc/l1_mask_common.h), so every
-# mask dtype of 1, 2, 4 or 8 bytes with a single encoding of 1 is served:
-# the ones torch.nn.utils.prune accepts. (complex128, 16 bytes, is not.)
-KERNEL_MASK_DTYPES = KERNEL_SCORE_DTYPES | {
-    torch.bool,
-    torch.uint8,
-    torch.int8,
-    torch.int16,
-    torch.int32,
-    torch.int64,
-    torch.float8_e4m3fn,
-    torch.float8_e5m2,
-    torch.float8_e4m3fnuz,
-    torch.float8_e5m2fnuz,
-    torch.complex64,
-}
-
-# Integer scores reach the kernels as the float dtype that holds every one
-# of their magnitudes exactly, so ranks and ties are the integers' own (a
-# temporary copy of the scores; see pruneext.ops). 64-bit integers are exact
-# in float64 only up to 2^53 in magnitude: pruneext.ops checks the values.
-INTEGER_SCORE_VIEWS = {
-    torch.uint8: torch.float16,  # |x| <= 255 < 2^11
-    torch.int8: torch.float16,
-    torch.int16: torch.float32,  # |x| <= 2^15 < 2^24
-    torch.int32: torch.float64,  # |x| <= 2^31 < 2^53
-    torch.int64: torch.float64,  # exact while |x| <= 2^53
-}
 
 
 @dataclass(frozen=True)
@@ -218,3 +218,20 @@ def fall_back(backend, reason):
         raise TypeError(f"pruneext backend {backend.name!r} cannot serve this call: {reason}")
     log.debug("auto backend: torch, because %s", reason)
     return _registry["torch"]
+
+
+def _load():
+    """Import each declared backend's module, which registers what can run
+    here and marks the rest unavailable with the reason. A module that
+    cannot be imported at all (Triton absent) leaves its backends
+    unavailable; pruneext keeps working on the others."""
+    for module in dict.fromkeys(d.module for d in BACKENDS):
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ImportError as e:
+            for d in BACKENDS:
+                if d.module == module and _unavailable.get(d.name) == "not loaded":
+                    _unavailable[d.name] = f"{type(e).__name__}: {e}"
+
+
+_load()

@@ -11,37 +11,37 @@ and the backend is listed as unavailable with the reason.
 """
 import torch
 
-from .. import backends
+from .. import BitOps, Backend, Phases, mark_unavailable, register
 
 try:
     import triton  # noqa: F401
     import triton.language  # noqa: F401
 except Exception as e:  # ImportError, or a Triton that does not match this torch
-    backends.mark_unavailable("triton", f"triton is not importable ({type(e).__name__}: {e})")
-    raise ImportError(f"pruneext.triton: triton is not importable: {e}") from e
+    mark_unavailable("triton", f"triton is not importable ({type(e).__name__}: {e})")
+    raise ImportError(f"pruneext.backends.triton: triton is not importable: {e}") from e
 
 from . import bits, ops, phases  # noqa: E402  (registers the torch ops)
-from .keys import KEY_PLANS, MASK_BITS  # noqa: E402
+from ..contract import KEY_PLANS, MASK_BITS  # noqa: E402
 from .select import INTERPRET  # noqa: E402
 
 DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
 
 if torch.cuda.is_available() or INTERPRET:
-    backends.register(
-        backends.Backend(
+    register(
+        Backend(
             name="triton",
             devices=DEVICES,
             l1_mask=ops.l1_mask,
             l1_mask_global=ops.l1_mask_global,
             score_dtypes=frozenset(KEY_PLANS),
             mask_dtypes=frozenset(MASK_BITS),
-            phases=backends.Phases(
+            phases=Phases(
                 phases.key_histogram_op, phases.count_equal_op, phases.mask_write_op, ops.select_threshold
             ),
-            bits=backends.BitOps(bits.bits_prune, bits.bits_apply),
+            bits=BitOps(bits.bits_prune, bits.bits_apply),
         )
     )
 else:
-    backends.mark_unavailable(
+    mark_unavailable(
         "triton", "no CUDA device is visible (TRITON_INTERPRET=1 runs the Triton kernels on CPU tensors)"
     )

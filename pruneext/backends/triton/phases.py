@@ -16,7 +16,8 @@ import triton
 import triton.language as tl
 
 from .kernels import add_block_histogram
-from .keys import KEY_PLANS, MASK_BITS, magnitude_key
+from ..contract import KEY_PLANS, MASK_BITS
+from .keys import magnitude_key
 
 BLOCK = 1024
 # The key values (prefix, threshold) and tie budgets are data, not sizes: a
@@ -207,7 +208,7 @@ def mask_write(scores, default_masks, among_alive, threshold, ties):
 
 # ------------------------------------------------------------- as torch ops
 # The phases as custom ops with fake implementations, as the native
-# backends' are (csrc/ops.cpp; fakes in pruneext/_native.py), so a traced
+# backends' are (csrc/ops.cpp; fakes in pruneext/backends/native.py), so a traced
 # program sees their outputs' shapes and dtypes. Opaque to torch.compile:
 # they launch per tensor and the loop that calls them waits on collectives.
 

@@ -9,11 +9,12 @@ import warnings
 
 import torch
 
-from . import backends
+from . import BitOps, Backend, Phases, mark_unavailable, register
+from .contract import mask_outputs
 
 LOAD_ERROR = None
 try:
-    from . import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
+    from .. import _C  # noqa: F401  (runs the TORCH_LIBRARY registrations)
 except (ImportError, OSError) as e:
     LOAD_ERROR = f"{type(e).__name__}: {e}"
     warnings.warn(
@@ -95,16 +96,9 @@ def _l1_mask_global(scores, k, default_masks, among_alive=False, values=None, va
     return masks
 
 
-def mask_outputs(scores, default_masks):
-    """Empty masks as l1_mask_global returns them (the default mask's dtype,
-    else the scores'), for its .into overload."""
-    masks = default_masks or [None] * len(scores)
-    return [torch.empty(s.shape, dtype=s.dtype if m is None else m.dtype, device=s.device) for s, m in zip(scores, masks)]
-
-
 def _phases(dispatch_key):
     has_select = has_kernel("l1_select_threshold", dispatch_key)
-    return backends.Phases(
+    return Phases(
         key_histogram=lambda *a: torch.ops.pruneext.l1_key_histogram(*a),
         count_equal=lambda *a: torch.ops.pruneext.l1_count_equal(*a),
         mask_write=lambda *a: torch.ops.pruneext.l1_mask_write(*a),
@@ -113,7 +107,7 @@ def _phases(dispatch_key):
 
 
 
-_BITS = backends.BitOps(
+_BITS = BitOps(
     prune=lambda *a: torch.ops.pruneext.l1_bits_prune(*a),
     apply=lambda *a: torch.ops.pruneext.l1_bits_apply(*a),
 )
@@ -121,16 +115,16 @@ _BITS = backends.BitOps(
 
 def _register(name, dispatch_key, device_available, why_no_device):
     if LOAD_ERROR is not None:
-        backends.mark_unavailable(name, f"pruneext._C did not load ({LOAD_ERROR})")
+        mark_unavailable(name, f"pruneext._C did not load ({LOAD_ERROR})")
     elif not has_kernel("l1_mask", dispatch_key):
-        backends.mark_unavailable(name, f"pruneext._C was built without {name.upper()} kernels")
+        mark_unavailable(name, f"pruneext._C was built without {name.upper()} kernels")
     elif not device_available:
-        backends.mark_unavailable(name, why_no_device)
+        mark_unavailable(name, why_no_device)
     else:
         phases = _phases(dispatch_key) if has_kernel("l1_key_histogram", dispatch_key) else None
         bits = _BITS if has_kernel("l1_bits_prune", dispatch_key) else None
-        backends.register(
-            backends.Backend(name, (name,), _l1_mask, _l1_mask_global, phases=phases, bits=bits)
+        register(
+            Backend(name, (name,), _l1_mask, _l1_mask_global, phases=phases, bits=bits)
         )
 
 

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import torch
 
-from .._native import mask_outputs
+from ..contract import mask_outputs
 from .select import INTERPRET, l1_masks, l1_threshold
 
 

@@ -40,10 +40,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .._reference import check_bit_masks, check_tie_budgets
+from ..contract import KEY_PLANS, check_bit_masks, check_tie_budgets
 from . import table
 from .kernels import _row_of
-from .keys import KEY_PLANS, magnitude_key
+from .keys import magnitude_key
 from .select import INTERPRET, _device_guard
 
 # Mask bytes per program. The interpreter runs programs one after another
@@ -268,7 +268,7 @@ def _apply(tensors, bits):
 
 # ------------------------------------------------------------- as torch ops
 # Custom ops with fake implementations, as the native backends' are
-# (csrc/ops.cpp; fakes in pruneext/_native.py), so a traced program sees
+# (csrc/ops.cpp; fakes in pruneext/backends/native.py), so a traced program sees
 # what they write and return. Opaque to torch.compile: the pruner runs them
 # eagerly, between optimizer steps. cudagraph_unsafe, as the native ops: a
 # list's table (and budgets) is uploaded by each call, which a graph's
