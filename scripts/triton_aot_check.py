@@ -62,17 +62,17 @@ from pruneext.backends.contract import KEY_PLANS, MASK_BITS, VALUE_DTYPES  # noq
 SMALL_FRAME = 8
 ONE_PROGRAM = {"select_bucket_kernel"}  # spills there cost nothing measurable
 FLOAT8_ONES = {one for view, one in MASK_BITS.values() if view == torch.uint8 and one != 1}  # a mask's ONE
+DIVISIBLE = ["tt.divisibility", 16]  # the attribute of a "D" argument (BaseBackend.parse_attr)
 
 
 def known_spill(launch):
     """A spill reported, not fatal, as it is known: window_kernel over 16-bit
     scores with a float8 default mask that filters, its size divisible by 16
-    (ptxas holds it at 64 registers and spills 20 bytes; seen once this
-    check compiled the JIT's divisibility, so on every GPU run before too).
+    (Triton 3.8's ptxas holds it at 64 registers and spills 20 bytes; seen
+    once this check compiled the JIT's divisibility, so there all along).
     Rare masks, one pass; a follow-up may reshape the kernel."""
     consts = {launch.kernel.arg_names[p[0]]: v for p, v in launch.constexprs.items()}
     return launch.name == "window_kernel" and consts.get("ONE") in FLOAT8_ONES and consts.get("FILTER")
-DIVISIBLE = ["tt.divisibility", 16]  # the attribute of a "D" argument (BaseBackend.parse_attr)
 
 
 QUICK_SCORES = (torch.float32, torch.bfloat16)
@@ -172,9 +172,9 @@ def score_lists(dtype, shapes):
     16), 1 (the constexpr 1), k = 1, a tensor that starts 4 bytes into its
     storage (a pointer not divisible by 16), and a list of 3 (a table's
     binary search of 2 steps; launched alone, where a 64-bit mask meets
-    32-bit scores, the third's first tie-count slot is 2). (`shapes` is asked for the
-    masks that filter and for none: the kinds of mask that do not filter add
-    no code that reads a size.)"""
+    32-bit scores, the third's first tie-count slot is 2). (`shapes` is
+    asked for the masks that filter and for none: the kinds of mask that do
+    not filter add no code that reads a size.)"""
     def randn(*shape):
         return torch.randn(*shape, dtype=torch.float32).to(dtype)
 
