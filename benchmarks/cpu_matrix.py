@@ -18,11 +18,14 @@ and the yardsticks: `clone()` (fresh memory: page faults, as the fresh
 outputs of mask / values take) and `copy_()` into an existing tensor.
 
 Each cell is the median over --reps runs (after one warm-up call) divided
-by the median clone of x in the same run, for the variants that write
-fresh outputs, and by the median copy_ for `bits` (it writes none). A row
-(one variant and size) is then compared across dtypes: its slowest cell
-over its fastest is printed as "spread", the figure issue 26 bounds by 1.3.
-The machine's THP settings and PRUNEEXT_* switches are recorded with it.
+by the median copy_ of x into an existing tensor in the same run: time per
+byte moved. (A clone's time swings with its page faults, which land on some
+runs and not others; it is recorded beside.) A row (one variant and size)
+is then compared across dtypes: its slowest cell over its fastest is
+printed as "spread", the figure issue 26 bounds by 1.3; "f16/bf16" is the
+float16 time over the bfloat16 one (the same key width, the same passes:
+they should take the same time). The machine's THP settings and PRUNEEXT_*
+switches are recorded with it.
 """
 import argparse
 import json
@@ -104,9 +107,8 @@ def run(sizes, dtypes, reps):
             copy_s = median_s(lambda _: dst.copy_(x), max(reps, 7))
             for variant in VARIANTS:
                 seconds = cell_seconds(variant, x, reps)
-                base = copy_s if variant == "bits" else clone_s
                 rows.append(dict(log2=log2, dtype=name, variant=variant, seconds=seconds, clone_s=clone_s,
-                                 copy_s=copy_s, ratio=seconds / base, base="copy_" if variant == "bits" else "clone"))
+                                 copy_s=copy_s, ratio=seconds / copy_s))
     return rows
 
 
@@ -123,14 +125,16 @@ def spreads(rows):
 def report(rows, dtypes):
     lines = []
     for log2 in sorted({r["log2"] for r in rows}):
-        lines.append(f"2^{log2} entries: cell = ms (x its clone, or x its copy_ for bits)")
-        lines.append("  " + "variant".ljust(8) + "".join(d.rjust(18) for d in dtypes) + "   spread")
+        lines.append(f"2^{log2} entries: cell = ms (x a copy_ of the same tensor)")
+        lines.append("  " + "variant".ljust(8) + "".join(d.rjust(18) for d in dtypes) + "   spread   f16/bf16")
         table = spreads(rows)
         for variant in VARIANTS:
             cells = {r["dtype"]: r for r in rows if r["log2"] == log2 and r["variant"] == variant}
             text = "".join(f"{cells[d]['seconds'] * 1e3:9.1f} ({cells[d]['ratio']:4.2f}x)".rjust(18) for d in dtypes)
             spread, slow, fast = table[(variant, log2)]
-            lines.append(f"  {variant.ljust(8)}{text}   {spread:.2f} ({slow} over {fast})")
+            pair = (f"{cells['float16']['seconds'] / cells['bfloat16']['seconds']:.2f}"
+                    if "float16" in cells and "bfloat16" in cells else "-")
+            lines.append(f"  {variant.ljust(8)}{text}   {spread:.2f} ({slow} over {fast})   {pair}")
         for kind in ("clone_s", "copy_s"):
             cells = {r["dtype"]: r for r in rows if r["log2"] == log2 and r["variant"] == "mask"}
             lines.append("  " + kind[:-2].ljust(8) + "".join(f"{cells[d][kind] * 1e3:9.1f}".rjust(18) for d in dtypes))
