@@ -50,6 +50,10 @@ def main():
         device=device,
     )
     dist.all_reduce(counts)
+    # gloo's worker lets go of `counts` a moment after all_reduce returns; if
+    # Python drops it first, the worker frees it as the interpreter exits,
+    # which aborts the process (pruneext.distributed.settle says why)
+    pruneext.distributed.settle(counts)
     if dist.get_rank() == 0:
         print(f"sparsity {pruner.sparsity:.2f}, zero weights {counts[0].item() / counts[1].item():.3f}, loss {loss.item():.4f}")
     dist.barrier()  # every rank done before any tears the group down

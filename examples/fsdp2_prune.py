@@ -50,6 +50,10 @@ def main():
     zeros = sum(int((m.weight_mask.to_local() == 0).sum()) for m in linears)
     counts = torch.tensor([zeros, sum(m.weight_mask.to_local().numel() for m in linears)], device=device)
     dist.all_reduce(counts)
+    # gloo's worker lets go of `counts` a moment after all_reduce returns; if
+    # Python drops it first, the worker frees it as the interpreter exits,
+    # which aborts the process (pruneext.distributed.settle says why)
+    prune.distributed.settle(counts)
     effective = [m.weight_orig.to_local() * m.weight_mask.to_local() for m in linears]
     assert all(torch.all(w[mk.weight_mask.to_local() == 0] == 0) for w, mk in zip(effective, linears))
     if rank == 0:

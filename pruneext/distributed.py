@@ -23,6 +23,7 @@ import contextlib
 import functools
 import math
 import pickle
+import time
 
 import torch
 import torch.distributed as dist
@@ -43,6 +44,30 @@ def is_dtensor(t):
 # ------------------------------------------------------------------ collectives
 
 
+def settle(*tensors, timeout_s=10.0):
+    """Return once no process group's worker holds `tensors` any more (or
+    after timeout_s). Call it on the tensors of the last collective before a
+    process exits; pruneext's own collectives settle theirs.
+
+    A blocking collective returns when its result is ready, but gloo's
+    worker thread lets go of the work, and with it of the tensors, a moment
+    later (and a barrier keeps the works still in flight when it was called
+    until it ends). Where Python drops a tensor first, the worker frees its
+    Python object, which takes the GIL: once the interpreter is finalizing,
+    that ends the thread inside a destructor and the process aborts
+    ('terminate called without an active exception', seen at the end of
+    the torchrun examples with the cores busy). The process group outlives
+    destroy_process_group when DTensor's caches keep its device mesh, so its
+    workers are not joined before the interpreter exits."""
+    deadline = time.monotonic() + timeout_s
+    for t in tensors:
+        if t.device.type != "cpu" or not hasattr(t, "_use_count"):
+            continue  # (NCCL's watchdog frees its works on its own schedule)
+        # the tensor's own reference is the one left once the work is freed
+        while t._use_count() > 1 and time.monotonic() < deadline:
+            time.sleep(0.0005)  # (releases the GIL)
+
+
 class GroupComm:
     """select_loop's collectives over a process group, counting the bytes
     this process sends (the payload of each collective)."""
@@ -57,6 +82,7 @@ class GroupComm:
         tensor = tensor.contiguous()
         self.bytes_sent += tensor.numel() * tensor.element_size()
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        settle(tensor)
         return tensor
 
     def gather(self, obj):
@@ -95,6 +121,7 @@ def agreement(comm):
         error = e
     flag = torch.tensor([0 if error is None else 1], dtype=torch.int64, device=_flag_device(comm.group))
     dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=comm.group)
+    settle(flag)
     comm.bytes_sent += flag.element_size()
     if int(flag.item()) == 0:
         return

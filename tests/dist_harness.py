@@ -9,6 +9,7 @@ Each scenario is a top-level function `fn(rank, world_size) -> picklable`,
 called on every rank in the same order; one that raises reports its
 traceback as the result, and the others go on.
 """
+import contextlib
 import datetime
 import multiprocessing
 import os
@@ -95,6 +96,36 @@ def results(ranks, scenario):
     for rank, (status, value) in enumerate(out):
         assert status == "ok", f"rank {rank}:\n{value}"
     return [value for _, value in out]
+
+
+@contextlib.contextmanager
+def cpu_load(processes=2):
+    """`processes` busy loops on the machine's cores for the body's length
+    (the condition under which the torchrun examples once aborted at exit);
+    every one is ended afterwards."""
+    import subprocess
+    import sys
+
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def run_torchrun_under_load(script, expected, repeats=3, timeout_s=600):
+    """`run_torchrun(script)` `repeats` times with the cores kept busy; each
+    run must exit 0 and print `expected`. Returns the runs."""
+    runs = []
+    with cpu_load():
+        for i in range(repeats):
+            done = run_torchrun(script, timeout_s=timeout_s)
+            assert done.returncode == 0, f"run {i + 1} of {repeats}: exit {done.returncode}\n" + done.stdout[-3000:] + done.stderr[-3000:]
+            assert expected in done.stdout, done.stdout[-3000:]
+            runs.append(done)
+    return runs
 
 
 def run_torchrun(script, nproc=2, timeout_s=600):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pruner_dist_scenarios as sc
-from dist_harness import results, run_on_ranks, run_torchrun
+from dist_harness import results, run_on_ranks, run_torchrun_under_load
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -49,7 +49,7 @@ def test_a_replicated_parameter_prunes_once(ranks):
 
 
 def test_readme_fsdp2_lean_example_runs_under_torchrun():
-    """README's command, as written: torchrun --standalone --nproc-per-node 2 examples/fsdp2_lean_training.py"""
-    done = run_torchrun("examples/fsdp2_lean_training.py", timeout_s=RUN_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "sparsity 0.80, zero weights 0.800" in done.stdout
+    """README's command, as written: torchrun --standalone --nproc-per-node 2
+    examples/fsdp2_lean_training.py, three times with the cores busy (once 2
+    runs in 28 aborted at exit that way: see pruneext.distributed.settle)."""
+    run_torchrun_under_load("examples/fsdp2_lean_training.py", "sparsity 0.80, zero weights 0.800", timeout_s=RUN_TIMEOUT_S)
