@@ -15,7 +15,7 @@ This reads FSDP2's private state (the module-state registry and each
 parameter's module info); a torch whose FSDP2 lacks them leaves the module
 unpruned with an error, never half-pruned.
 """
-from . import distributed
+from ._dtensor import is_dtensor
 
 
 def _fsdp_params():
@@ -54,7 +54,7 @@ def full_mask(mask, orig):
     """The mask to multiply `orig` by: the DTensor mask itself while the
     parameter is sharded, the whole mask (all-gathered) while FSDP2 has
     unsharded the parameter for a forward."""
-    if distributed.is_dtensor(mask) and not distributed.is_dtensor(orig):
+    if is_dtensor(mask) and not is_dtensor(orig):
         return mask.full_tensor()
     return mask
 

@@ -15,7 +15,7 @@ two passes, as does every method that is not the plain L1 rule.
 """
 import torch
 
-from . import distributed
+from ._dtensor import any_dtensor
 from .backends.contract import VALUE_DTYPES
 
 
@@ -48,7 +48,7 @@ def output_for(orig, scores, default_mask=None):
     follows its layout), scores elsewhere than the parameter, or a default
     mask of another dtype (the kernels read its bits as orig's dtype)."""
     tensors = [orig, scores] + ([] if default_mask is None else [default_mask])
-    if any(distributed.is_dtensor(t) for t in tensors):
+    if any_dtensor(tensors):
         return None
     if orig.dtype not in VALUE_DTYPES or not orig.is_contiguous() or scores.device != orig.device:
         return None

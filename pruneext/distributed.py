@@ -29,16 +29,11 @@ import torch
 import torch.distributed as dist
 
 from . import ops, select_loop
+from ._dtensor import DTensor, is_dtensor
 
-try:
-    from torch.distributed.tensor import DTensor, Replicate, Shard
+if DTensor is not None:
+    from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
-except ImportError:  # a torch without DTensor: nothing here is ever sharded
-    DTensor = None
-
-
-def is_dtensor(t):
-    return DTensor is not None and isinstance(t, DTensor)
 
 
 # ------------------------------------------------------------------ collectives
@@ -285,6 +280,39 @@ def l1_masks_dtensor(scores, k_of_alive, default_masks=None, among_alive=False):
         parts = DTensorList(scores, masks, comm)
         counted, parts.every = parts.phase_inputs(among_alive)
     return parts.to_dtensors(select_shards(parts, counted, k_of_alive, among_alive))
+
+
+class ShardedWeights(DTensorList):
+    """DTensor weights (FSDP2, tensor parallel) pruned in place by
+    MagnitudePruner, as select_shards sees them: each process prunes its
+    local shards with their own masks (`masks`, the pruner's MaskFormat;
+    `index`: the weights' positions there; `pruned`: zero entries of each
+    local shard's mask); the histograms count the owned shards only."""
+
+    def __init__(self, weights, masks, index, pruned, comm):
+        super().__init__(weights, [None] * len(weights), comm)
+        self.format, self.index, self.pruned = masks, index, pruned
+
+    def phase_inputs(self, among_alive):
+        every = self._input(range(len(self.shards)))
+        return self._input([i for i, sh in enumerate(self.shards) if sh.owned]), every
+
+    def _input(self, part):
+        weights = [self.shards[i].local for i in part]
+        return self.format.selection_input(weights, [self.index[i] for i in part], self.pruned, self.dtype)
+
+    def alive_mask(self, i, threshold):
+        return self.format.alive_mask(self.index[i], self.shards[i].local.numel(), threshold)
+
+
+def prune_weights_in_place(weights, masks, index, pruned, k_of_alive):
+    """MagnitudePruner's selection over DTensor `weights` (see
+    ShardedWeights): each process prunes its local shards in place, as the
+    unsharded weights would be pruned in one process. Returns how many
+    entries of each local shard this call pruned (int64)."""
+    parts = ShardedWeights(weights, masks, index, pruned, comm_for_dtensors(weights))
+    counted, parts.every = parts.phase_inputs(among_alive=True)
+    return select_shards(parts, counted, k_of_alive, among_alive=True)
 
 
 def select_shards(parts, counted, k_of_alive, among_alive):

@@ -11,8 +11,9 @@ from collections.abc import Iterable
 import torch
 from torch.nn.utils import prune as _torch_prune
 
-from . import _fused, distributed, methods, ops
+from . import _fused, distributed, methods, selection
 from ._amount import checked_k
+from ._dtensor import any_dtensor
 
 # torch's own, unchanged: they act on any BasePruningMethod hook, ours included.
 remove = _torch_prune.remove
@@ -71,15 +72,14 @@ def global_unstructured(parameters, pruning_method, importance_scores=None, **kw
 def _dtensor_comm(parameters):
     """The mesh's collectives when the list holds DTensor parameters (never
     raises: the checks report what is wrong)."""
+    params = []
     for entry in parameters:
         try:
             module, name = entry
-            param = module._parameters.get(name + "_orig", module._parameters.get(name))
+            params.append(module._parameters.get(name + "_orig", module._parameters.get(name)))
         except Exception:  # noqa: BLE001
             continue
-        if distributed.is_dtensor(param):
-            return distributed.comm_for_dtensors([param])
-    return None
+    return distributed.comm_for_dtensors(params)
 
 
 class _GlobalPlan:
@@ -119,7 +119,7 @@ class _GlobalPlan:
                     f"importance_scores should have the same shape as parameter "
                     f"{name} of {module}, got {s.shape} vs {param.shape}"
                 )
-        self.sharded = any(distributed.is_dtensor(t) for t in scores + masks)
+        self.sharded = any_dtensor(scores + masks)
         if (self.sharded or self.group is not None) and not methods._is_l1_unstructured(method):
             raise NotImplementedError("pruneext: across processes, global_unstructured prunes with L1Unstructured only")
         if self.sharded and self.group is not None:
@@ -147,15 +147,10 @@ class _GlobalPlan:
         return None if any(p is None for p in products) else products
 
     def _masks(self, products=None):
-        k_of = lambda alive: checked_k(self.method.amount, alive)  # noqa: E731
-        if self.sharded:
-            return distributed.l1_masks_dtensor(self.scores, k_of, self.masks, among_alive=True)
-        if self.group is not None:
-            return distributed.l1_masks_across_ranks(self.scores, k_of, self.masks, True, self.group)
-        alive = sum(s.numel() if m is None else ops.count_alive(m) for s, m in zip(self.scores, self.masks))
         values = None if products is None else [_orig_of(module, name) for module, name in self.parameters]
-        return ops.l1_mask_global(
-            self.scores, k_of(alive), self.masks, among_alive=True, values=values, values_out=products
+        return selection.l1_masks(
+            self.scores, lambda alive: checked_k(self.method.amount, alive), self.masks, among_alive=True,
+            values=values, values_out=products, group=self.group,
         )
 
 

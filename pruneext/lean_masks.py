@@ -17,7 +17,7 @@ from typing import List, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from . import backends, distributed, ops
+from . import backends, ops
 from .backends.contract import KEY_BITS, unpack_bits
 
 
@@ -221,26 +221,3 @@ class _BoolMasked:
             m.copy_(new)
             w.masked_fill_(new.logical_not(), 0)
         return torch.tensor(counts, dtype=torch.int64)
-
-
-class ShardedWeights(distributed.DTensorList):
-    """DTensor weights (FSDP2, tensor parallel) pruned in place, as
-    pruneext.distributed.select_shards sees them: each process prunes its
-    local shards with their own masks (`masks`, this pruner's format;
-    `index`: the weights' positions there; `pruned`: zero entries of each
-    local shard's mask), the histograms count the owned shards only."""
-
-    def __init__(self, weights, masks, index, pruned, comm):
-        super().__init__(weights, [None] * len(weights), comm)
-        self.format, self.index, self.pruned = masks, index, pruned
-
-    def phase_inputs(self, among_alive):
-        every = self._input(range(len(self.shards)))
-        return self._input([i for i, sh in enumerate(self.shards) if sh.owned]), every
-
-    def _input(self, part):
-        weights = [self.shards[i].local for i in part]
-        return self.format.selection_input(weights, [self.index[i] for i in part], self.pruned, self.dtype)
-
-    def alive_mask(self, i, threshold):
-        return self.format.alive_mask(self.index[i], self.shards[i].local.numel(), threshold)

@@ -4,8 +4,8 @@ Every class subclasses its torch.nn.utils.prune namesake, so isinstance
 checks, torch's `remove` / `is_pruned`, and mixed containers all work. What
 changes:
 
-* L1Unstructured computes its mask with pruneext.ops.l1_mask (a radix-select
-  kernel) instead of torch.topk, and PruningContainer takes the same fast path
+* L1Unstructured computes its mask with pruneext.selection (radix-select
+  kernels) instead of torch.topk, and PruningContainer takes the same fast path
   when its newest method is an L1Unstructured (ours or torch's): the kernel
   skips pruned entries itself instead of gathering the live ones into a copy.
 * `apply` is transactional: the method is built (and its amount checked) and
@@ -24,8 +24,9 @@ import weakref
 import torch
 from torch.nn.utils import prune as _torch_prune
 
-from . import _fsdp, _fused, distributed, ops
+from . import _fsdp, _fused, distributed, selection
 from ._amount import checked_k
+from ._dtensor import is_dtensor
 
 
 def _single_pruning_hook(module, name):
@@ -112,7 +113,7 @@ class BasePruningMethod(_torch_prune.BasePruningMethod):
         its own name again."""
         name = self._tensor_name
         orig = module._parameters.get(f"{name}_orig") if name is not None else None
-        if not distributed.is_dtensor(orig):
+        if not is_dtensor(orig):
             return super().remove(module)
         weight = self.apply_mask(module)
         with torch.no_grad():
@@ -215,7 +216,7 @@ class _PrunePlan:
                 module.register_parameter(name + "_orig", orig)
                 del module._parameters[name]
                 # FSDP2 must swap the parameter under its new name
-                renamed = distributed.is_dtensor(orig) and _fsdp.rename(module, name, name + "_orig")
+                renamed = is_dtensor(orig) and _fsdp.rename(module, name, name + "_orig")
             module.register_buffer(name + "_mask", mask)
             setattr(module, name, self.method.apply_mask(module, product))
         except Exception:
@@ -237,11 +238,14 @@ class _PrunePlan:
 _MISSING = object()
 
 
+def _listed(t):
+    return None if t is None else [t]
+
+
 def _comm_of(module, name):
     """The collectives of the parameter's mesh if it is a DTensor, else
     None. Never raises: the checks it precedes report what is wrong."""
-    param = module._parameters.get(name + "_orig", module._parameters.get(name))
-    return distributed.comm_for_dtensors([param]) if distributed.is_dtensor(param) else None
+    return distributed.comm_for_dtensors([module._parameters.get(name + "_orig", module._parameters.get(name))])
 
 
 def _is_l1_unstructured(method):
@@ -278,22 +282,20 @@ class PruningContainer(BasePruningMethod, _torch_prune.PruningContainer):
         mask = self._l1_among_alive(t, default_mask, values=orig, values_out=values_out)
         return mask.to(dtype=t.dtype)
 
-    def _l1_among_alive(self, t, default_mask, **values):
+    def _l1_among_alive(self, t, default_mask, values=None, values_out=None):
         # The new method only sees the entries the mask left at 1, and a
         # float amount is a fraction of those.
-        k = checked_k(self._pruning_methods[-1].amount, ops.count_alive(default_mask))
-        return ops.l1_mask(t, k, default_mask=default_mask, among_alive=True, **values)
+        amount = self._pruning_methods[-1].amount
+        (mask,) = selection.l1_masks(
+            [t], lambda alive: checked_k(amount, alive), [default_mask], among_alive=True,
+            values=_listed(values), values_out=_listed(values_out),
+        )
+        return mask
 
     def compute_mask(self, t, default_mask):
-        method = self._pruning_methods[-1]
-        if _is_l1_unstructured(method):
-            if distributed.is_dtensor(t):
-                (mask,) = distributed.l1_masks_dtensor(
-                    [t], lambda alive: checked_k(method.amount, alive), [default_mask], among_alive=True
-                )
-            else:
-                mask = self._l1_among_alive(t, default_mask)
-            return mask.to(dtype=t.dtype)  # torch's container answers in t's dtype
+        if _is_l1_unstructured(self._pruning_methods[-1]):
+            # torch's container answers in t's dtype
+            return self._l1_among_alive(t, default_mask).to(dtype=t.dtype)
         return super().compute_mask(t, default_mask.clone(memory_format=torch.contiguous_format))
 
 
@@ -301,11 +303,8 @@ class L1Unstructured(BasePruningMethod, _torch_prune.L1Unstructured):
     """Zero the `amount` entries of smallest |t| (ties: lowest flat index)."""
 
     def compute_mask(self, t, default_mask):
-        if distributed.is_dtensor(t):
-            (mask,) = distributed.l1_masks_dtensor([t], self._k_of, [default_mask])
-            return mask
-        k = checked_k(self.amount, t.nelement())
-        return ops.l1_mask(t, k, default_mask=default_mask)
+        (mask,) = selection.l1_masks([t], self._k_of, [default_mask])
+        return mask
 
     def fused_mask(self, t, default_mask, orig, values_out):
         assert default_mask is None, "a parameter pruned again is pruned by a PruningContainer"
@@ -314,14 +313,11 @@ class L1Unstructured(BasePruningMethod, _torch_prune.L1Unstructured):
     def first_mask(self, t, like):
         if not _is_l1_unstructured(self):  # a subclass with its own rule
             return super().first_mask(t, like)
-        if distributed.is_dtensor(t):
-            (mask,) = distributed.l1_masks_dtensor([t], self._k_of)
-            return mask.to(dtype=like.dtype)
         return self._first_l1_mask(t, like)
 
-    def _first_l1_mask(self, t, like, **values):
-        k = checked_k(self.amount, t.nelement())
-        return ops.l1_mask(t, k, **values).to(device=like.device, dtype=like.dtype)
+    def _first_l1_mask(self, t, like, values=None, values_out=None):
+        (mask,) = selection.l1_masks([t], self._k_of, values=_listed(values), values_out=_listed(values_out))
+        return mask.to(device=like.device, dtype=like.dtype)
 
     def _k_of(self, n):
         return checked_k(self.amount, n)

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from . import distributed, lean_masks, select_loop
-from .distributed import is_dtensor
+from ._dtensor import DTensor, is_dtensor
+from ._dtensor import local as _local  # what is pruned in place: a DTensor's shard (FSDP2 all-gathers from it)
 from .backends.contract import KEY_BITS
 from .schedules import Constant, _fraction
 
@@ -81,12 +82,6 @@ def _parameter(module, name, label):
         what = "its local shard is" if is_dtensor(p) else "it is"
         raise ValueError(f"MagnitudePruner: {label} is not contiguous ({what} pruned in place in row-major order)")
     return p
-
-
-def _local(t):
-    """What is pruned in place: a DTensor's local shard (its storage: FSDP2
-    all-gathers from it), else the tensor itself."""
-    return t.to_local() if is_dtensor(t) else t
 
 
 class MagnitudePruner:
@@ -169,7 +164,7 @@ class MagnitudePruner:
         p = self.params[j]
         local = self._masks.as_bool(j, _local(p).shape)
         if is_dtensor(p):  # this process's shard of the mask, as the parameter's
-            return distributed.DTensor.from_local(
+            return DTensor.from_local(
                 local, p.device_mesh, p.placements, run_check=False, shape=p.shape, stride=p.stride()
             )
         return local
@@ -305,9 +300,7 @@ class MagnitudePruner:
 
         if self.sharded:
             params = [self.params[j] for j in index]
-            parts = lean_masks.ShardedWeights(params, self._masks, index, self.pruned, distributed.comm_for_dtensors(params))
-            counted, parts.every = parts.phase_inputs(among_alive=True)
-            counts = distributed.select_shards(parts, counted, k_of_alive, among_alive=True)
+            counts = distributed.prune_weights_in_place(params, self._masks, index, self.pruned, k_of_alive)
         else:
             alive = sum(self.params[j].numel() - self.pruned[j] for j in index)
             if alive <= keep:

@@ -1,0 +1,38 @@
+"""Every L1 selection the API makes, behind one call.
+
+    masks = selection.l1_masks(scores, k_of_alive, default_masks, among_alive,
+                               values=..., values_out=..., group=None)
+
+Whether the selection runs in one process or across many is decided here,
+once, from the inputs: DTensor scores (FSDP2, tensor parallel) are ranked
+across their mesh and lists split over ranks (`group`) across the group,
+both by pruneext.distributed over the phase ops (pruneext.select_loop); a
+plain list is ranked by the fused ops (pruneext.ops), one kernel call.
+Methods, global_unstructured and their fallbacks call nothing else.
+"""
+from . import distributed, ops
+from ._dtensor import any_dtensor
+
+
+def l1_masks(scores, k_of_alive, default_masks=None, among_alive=False, values=None, values_out=None, group=None):
+    """The masks of the global L1 selection over `scores` (one mask per
+    tensor; ties to the lowest list position, then flat index).
+
+    `k_of_alive(n)`: how many to prune of the n entries that may be pruned
+    (all of them, or those whose default mask is 1 when among_alive); it
+    raises for a bad amount. `values_out` (plain tensors only): the fused
+    ops write mask * values there in the same pass. `group`: the process
+    group a list split over ranks is ranked across (order: rank, then list
+    order)."""
+    scores = list(scores)
+    masks = list(default_masks) if default_masks is not None else [None] * len(scores)
+    if group is not None:
+        return distributed.l1_masks_across_ranks(scores, k_of_alive, masks, among_alive, group)
+    if any_dtensor(scores + [m for m in masks if m is not None]):
+        return distributed.l1_masks_dtensor(scores, k_of_alive, masks, among_alive=among_alive)
+    alive = sum(ops.count_alive(m) if among_alive and m is not None else s.numel() for s, m in zip(scores, masks))
+    k = k_of_alive(alive)
+    if len(scores) == 1:
+        one = dict(values=values[0] if values else None, values_out=values_out[0] if values_out else None)
+        return [ops.l1_mask(scores[0], k, default_mask=masks[0], among_alive=among_alive, **one)]
+    return ops.l1_mask_global(scores, k, masks, among_alive=among_alive, values=values, values_out=values_out)
