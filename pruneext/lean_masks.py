@@ -217,7 +217,8 @@ class _BoolMasked:
     def mask_write(self, threshold, ties):
         counts = []
         for w, m, new in zip(self.scores, self.masks, self.inputs.mask_write(threshold, ties)):
-            counts.append(int(m.sum()) - int(new.sum()))
+            counts.append(m.sum() - new.sum())  # (what this write pruned: new is within m)
             m.copy_(new)
             w.masked_fill_(new.logical_not(), 0)
-        return torch.tensor(counts, dtype=torch.int64)
+        # one host sync for the list, where the caller reads the counts
+        return torch.stack(counts).cpu() if counts else torch.zeros(0, dtype=torch.int64)

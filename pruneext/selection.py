@@ -30,8 +30,9 @@ def l1_masks(scores, k_of_alive, default_masks=None, among_alive=False, values=N
         return distributed.l1_masks_across_ranks(scores, k_of_alive, masks, among_alive, group)
     if any_dtensor(scores + [m for m in masks if m is not None]):
         return distributed.l1_masks_dtensor(scores, k_of_alive, masks, among_alive=among_alive)
-    alive = sum(ops.count_alive(m) if among_alive and m is not None else s.numel() for s, m in zip(scores, masks))
-    k = k_of_alive(alive)
+    counted = [among_alive and m is not None for m in masks]
+    alive = sum(s.numel() for s, c in zip(scores, counted) if not c)
+    k = k_of_alive(alive + ops.count_alive([m for m, c in zip(masks, counted) if c]))
     if len(scores) == 1:
         one = dict(values=values[0] if values else None, values_out=values_out[0] if values_out else None)
         return [ops.l1_mask(scores[0], k, default_mask=masks[0], among_alive=among_alive, **one)]
