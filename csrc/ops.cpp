@@ -50,6 +50,25 @@ TORCH_LIBRARY(pruneext, m) {
       "Tensor(b!)[]? values_out=None) -> ()",
       {at::Tag::cudagraph_unsafe});
 
+  // The same selection within groups (the row and N:M scopes): scores'
+  // flat entries split into groups of group_size consecutive ones (a row of
+  // the 2-D view: group_size = its length; N:M: group_size = M), and every
+  // group gets its own k -- group_k[g] where given (int64, one per group, on
+  // the scores' device; values clamped to [0, group_size]), else k. In
+  // group g, the entries that can be pruned are all of them, or with
+  // among_alive those whose default mask is 1; the others count as pruned
+  // already, so k_g - (their number) of the alive ones are pruned, those of
+  // smallest key, ties to the lowest index (none when the group already
+  // has k_g pruned). A group therefore ends with at least k_g entries
+  // pruned, which is what N:M asks for on a mask pruned before. The result
+  // is the default mask (1 where there is none) with those entries set to
+  // 0, contiguous, of the default mask's dtype, else the scores'. The
+  // number of entries must be a multiple of group_size >= 1, and 0 <= k <=
+  // group_size (ValueError otherwise).
+  m.def(
+      "l1_mask_grouped(Tensor scores, SymInt group_size, SymInt k, Tensor? default_mask=None, "
+      "bool among_alive=False, Tensor? group_k=None) -> Tensor");
+
   // The phases of the same selection, for a driver that runs the passes
   // itself (pruneext/select_loop.py), e.g. with the histograms summed
   // across processes. Over a list of tensors as l1_mask_global; an entry is

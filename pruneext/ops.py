@@ -4,6 +4,8 @@
             values=None, values_out=None) -> Tensor
     l1_mask_global(scores, k, default_masks=None, among_alive=False,
                    values=None, values_out=None) -> list[Tensor]
+    l1_mask_grouped(scores, group_size, k, default_mask=None, among_alive=False,
+                    group_k=None) -> Tensor   (row and N:M scopes)
 
 Semantics, identical on every backend: select the k entries of smallest
 magnitude |scores| (only among entries whose default mask is 1 when
@@ -99,6 +101,36 @@ def l1_mask(scores, k, default_mask=None, among_alive=False, values=None, values
     else:
         mask = backend.l1_mask(ranked, int(k), default_mask, bool(among_alive), values, values_out)
     # without a default mask the result has the scores' dtype, as torch's
+    return mask if default_mask is not None or mask.dtype == scores.dtype else mask.to(scores.dtype)
+
+
+def l1_mask_grouped(scores, group_size, k, default_mask=None, among_alive=False, group_k=None):
+    """The select within groups (the row and N:M scopes; csrc/ops.cpp has
+    the contract): the flat entries in groups of `group_size` consecutive
+    ones, and in each group g the entries of smallest |scores| pruned until
+    it has k_g pruned (group_k[g] where given, else k; with among_alive the
+    entries the default mask already pruned count, and stay as they are)."""
+    _check_tensor(scores, "scores")
+    scores = scores.detach()
+    if default_mask is not None:
+        _check_tensor(default_mask, "default_mask")
+        default_mask = default_mask.detach()
+        if default_mask.shape != scores.shape and default_mask.numel() == scores.numel():
+            scores = scores.reshape(default_mask.shape)  # as l1_mask: the mask's shape wins
+    group_size, k = int(group_size), int(k)
+    if group_k is not None:
+        _check_tensor(group_k, "group_k")
+        contract.check_groups(scores, group_size, k, group_k)
+        group_k = group_k.detach()
+        if group_k.numel() and not group_k.is_meta:
+            low, high = (int(v) for v in torch.aminmax(group_k))
+            if low < 0 or high > group_size:
+                raise ValueError(f"l1_mask_grouped: group_k holds {low if low < 0 else high}, outside [0, {group_size}]")
+    backend = backends.resolve(
+        scores.device, scores.dtype, None if default_mask is None else default_mask.dtype, grouped=True
+    )
+    (ranked,), backend = kernel_scores([scores], backend)
+    mask = backend.l1_mask_grouped(ranked, group_size, k, default_mask, bool(among_alive), group_k)
     return mask if default_mask is not None or mask.dtype == scores.dtype else mask.to(scores.dtype)
 
 

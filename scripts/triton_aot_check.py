@@ -18,8 +18,8 @@ of more than 2^31 entries launches them. The shapes recorded include
 
     python scripts/triton_aot_check.py [--arch 90] [--quick] [--all] [--ones] [--jobs N]
 
-It records the fused ops (select.py), the phase ops (phases.py) and the
-bit-mask ops (bits.py), one mask dtype per distinct launch (mask_kinds), and
+It records the fused ops (select.py), the phase ops (phases.py), the
+grouped select (groups.py) and the bit-mask ops (bits.py), one mask dtype per distinct launch (mask_kinds), and
 compiles of each kernel variant (its constexprs) the launches that together
 specialise every argument in each way recorded (to_compile); --all compiles
 every recorded specialisation instead (about 1.5x the compiles); --quick
@@ -52,7 +52,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.compiler.compiler import make_backend  # noqa: E402
 from triton.runtime.jit import create_function_from_signature  # noqa: E402
 
-from pruneext.backends.triton import bits, phases, select  # noqa: E402
+from pruneext.backends.triton import bits, groups, phases, select  # noqa: E402
 from pruneext.backends.contract import KEY_PLANS, MASK_BITS, VALUE_DTYPES  # noqa: E402
 
 # An 8-byte stack frame without local memory is reported, not fatal: Triton
@@ -148,6 +148,7 @@ def record_launches(score_dtypes, arch=90):
         return record
 
     record_phases(recorder(phases.NUM_WARPS), score_dtypes)
+    record_groups(recorder(groups.NUM_WARPS), score_dtypes)
     record_bits(recorder(bits.NUM_WARPS), score_dtypes)
     select._launch, real = recorder(select.NUM_WARPS), select._launch
     window_min = select.WINDOW_MIN
@@ -241,6 +242,34 @@ def record_phases(record, score_dtypes):
                         phases.mask_write(scores, masks, among_alive, key, [ties])
     finally:
         phases._launch = real
+
+
+def record_groups(record, score_dtypes):
+    """The grouped select's launches (pruneext/backends/triton/groups.py,
+    the row and N:M scopes) over each score dtype and kind of default mask:
+    groups of 1 (the constexpr 1), 4 and 32 entries (the small kernel) and
+    of 33 and 48 (the row kernel), one group (the constexpr 1) and several,
+    k = 0, 1 and 2, with and without per-group budgets."""
+    def launch(kernel, grid, *args, tracing=False, interpret=False, **meta):
+        record(kernel, grid, *args, **meta)
+
+    groups._launch, real = launch, groups._launch
+    try:
+        for dtype in score_dtypes:
+            # every kind of mask that filters; one that does not (it only
+            # passes through), and per-group budgets, with the float32 mask
+            kinds = [(None, False), (torch.float32, False)] + [(m, True) for m in mask_kinds()]
+            for mask_dtype, among_alive in kinds:
+                budgets = mask_dtype in (None, torch.float32)
+                for size, count in ((1, 16), (4, 1), (4, 80), (32, 3), (33, 1), (48, 5)):
+                    scores = torch.randn(count, size).to(dtype)
+                    mask = None if mask_dtype is None else torch.ones_like(scores, dtype=mask_dtype)
+                    cases = [(0, None), (1, None), (min(2, size), None)]
+                    cases += [(0, torch.ones(count, dtype=torch.int64))] if budgets else []
+                    for k, group_k in cases:
+                        groups.l1_mask_grouped(scores, size, k, mask, among_alive, group_k)
+    finally:
+        groups._launch = real
 
 
 def record_bits(record, score_dtypes):

@@ -96,9 +96,14 @@ class Backend:
     mask_dtypes: Optional[frozenset] = KERNEL_MASK_DTYPES
     phases: Optional[Phases] = None  # None: only the fused ops
     bits: Optional[BitOps] = None  # None: no bit-mask ops
+    # the select within groups (row and N:M scopes, ops.l1_mask_grouped);
+    # None: the backend has none
+    l1_mask_grouped: Optional[Callable] = None
 
-    def refusal(self, device_type, score_dtype, mask_dtype, phases=False, bits=False):
+    def refusal(self, device_type, score_dtype, mask_dtype, phases=False, bits=False, grouped=False):
         """Why this backend cannot serve such tensors, or None if it can."""
+        if grouped and self.l1_mask_grouped is None:
+            return f"pruneext backend {self.name!r} has no grouped (row, N:M) select"
         if phases and self.phases is None:
             return f"pruneext backend {self.name!r} has no selection phase ops"
         if bits and self.bits is None:
@@ -176,9 +181,10 @@ def use_backend(name):
         _context_choice.reset(token)
 
 
-def resolve(device, score_dtype, mask_dtype=None, phases=False, bits=False) -> Backend:
+def resolve(device, score_dtype, mask_dtype=None, phases=False, bits=False, grouped=False) -> Backend:
     """The backend that computes masks for such tensors (with `phases`: one
-    that has the selection's phase ops; with `bits`: the bit-mask ops too)."""
+    that has the selection's phase ops; with `bits`: the bit-mask ops too;
+    with `grouped`: the grouped select)."""
     device_type = torch.device(device).type
     choice = get_backend()
     if choice == AUTO:
@@ -187,7 +193,7 @@ def resolve(device, score_dtype, mask_dtype=None, phases=False, bits=False) -> B
             backend = _registry.get(name)
             if backend is None:
                 continue
-            reason = backend.refusal(device_type, score_dtype, mask_dtype, phases, bits)
+            reason = backend.refusal(device_type, score_dtype, mask_dtype, phases, bits, grouped)
             if reason is None:
                 if refusals and log.isEnabledFor(logging.DEBUG):
                     log.debug("auto backend: %s, because %s", name, "; ".join(refusals))
@@ -198,12 +204,13 @@ def resolve(device, score_dtype, mask_dtype=None, phases=False, bits=False) -> B
     backend = _registry.get(choice)
     if backend is None:
         raise RuntimeError(f"pruneext backend {choice!r} is not available: {_unavailable[choice]}")
-    reason = backend.refusal(device_type, score_dtype, mask_dtype, phases, bits)
+    reason = backend.refusal(device_type, score_dtype, mask_dtype, phases, bits, grouped)
     if reason is not None:
         missing = (
             device_type not in backend.devices
             or (phases and backend.phases is None)
             or (bits and backend.bits is None)
+            or (grouped and backend.l1_mask_grouped is None)
         )
         error = RuntimeError if missing else TypeError
         raise error(reason)

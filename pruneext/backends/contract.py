@@ -3,6 +3,7 @@
     magnitude_key.h   -> KeyPlan, KEY_PLANS, KEY_BITS, magnitude_key, radix_digits
     l1_mask_common.h  -> MASK_BITS, the dtype sets, check_default_mask,
                          check_values, check_mask_outputs, mask_outputs
+    l1_group_common.h -> check_groups
     l1_bits_common.h  -> pack_bits, unpack_bits, check_bit_masks, check_tie_budgets
 
 Each piece exists here once. The backends (reference, native, triton/) and
@@ -146,6 +147,32 @@ def check_default_mask(scores, default_mask):
             f"l1_mask: default mask of shape {tuple(default_mask.shape)} does not match "
             f"scores of shape {tuple(scores.shape)}"
         )
+
+
+def check_groups(scores, group_size, k, group_k):
+    """l1_group_common.h's prepare_groups, with its messages: the groups of
+    l1_mask_grouped (the row and N:M scopes). Returns their number."""
+    op = "l1_mask_grouped"
+    if group_size < 1:
+        raise ValueError(f"{op}: group_size must be positive, got {group_size}")
+    n = scores.numel()
+    if n % group_size:
+        last = scores.shape[-1] if scores.dim() else 1
+        raise ValueError(
+            f"{op}: {n} entries do not split into groups of {group_size} "
+            f"(the last dimension, {last}, must be a multiple of it)"
+        )
+    if not 0 <= k <= group_size:
+        raise ValueError(f"{op}: k={k} must be in [0, group_size={group_size}]")
+    groups = n // group_size
+    if group_k is not None:
+        if group_k.dtype != torch.int64:
+            raise TypeError(f"{op}: group_k must be int64, got {group_k.dtype}")
+        if group_k.dim() != 1 or group_k.shape[0] != groups:
+            raise ValueError(f"{op}: group_k of shape {list(group_k.shape)}, expected [{groups}] (one per group)")
+        if group_k.device != scores.device:
+            raise RuntimeError(f"{op}: group_k on {group_k.device} but scores on {scores.device}")
+    return groups
 
 
 def _byte_range(t):

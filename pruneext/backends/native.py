@@ -54,6 +54,10 @@ if LOAD_ERROR is None:
         ]
 
 
+    @torch.library.register_fake("pruneext::l1_mask_grouped")
+    def _l1_mask_grouped_fake(scores, group_size, k, default_mask=None, among_alive=False, group_k=None):
+        return _l1_mask_fake(scores, k, default_mask)
+
     @torch.library.register_fake("pruneext::l1_key_histogram")
     def _l1_key_histogram_fake(scores, default_masks, among_alive, shift, bits, prefix):
         device = scores[0].device if scores else "cpu"
@@ -96,6 +100,10 @@ def _l1_mask_global(scores, k, default_masks, among_alive=False, values=None, va
     return masks
 
 
+def _l1_mask_grouped(scores, group_size, k, default_mask=None, among_alive=False, group_k=None):
+    return torch.ops.pruneext.l1_mask_grouped(scores, group_size, k, default_mask, among_alive, group_k)
+
+
 def _phases(dispatch_key):
     has_select = has_kernel("l1_select_threshold", dispatch_key)
     return Phases(
@@ -123,8 +131,9 @@ def _register(name, dispatch_key, device_available, why_no_device):
     else:
         phases = _phases(dispatch_key) if has_kernel("l1_key_histogram", dispatch_key) else None
         bits = _BITS if has_kernel("l1_bits_prune", dispatch_key) else None
+        grouped = _l1_mask_grouped if has_kernel("l1_mask_grouped", dispatch_key) else None
         register(
-            Backend(name, (name,), _l1_mask, _l1_mask_global, phases=phases, bits=bits)
+            Backend(name, (name,), _l1_mask, _l1_mask_global, phases=phases, bits=bits, l1_mask_grouped=grouped)
         )
 
 

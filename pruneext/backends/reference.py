@@ -13,6 +13,7 @@ from . import BitOps, Backend, Phases, register
 from .contract import (
     check_bit_masks,
     check_default_mask,
+    check_groups,
     check_tie_budgets,
     check_values,
     magnitude_key,
@@ -111,6 +112,28 @@ def l1_mask_global(scores, k, default_masks, among_alive=False, values=None, val
     if values is not None:
         _write_values(masks, values, values_out)
     return masks
+
+
+def l1_mask_grouped(scores, group_size, k, default_mask=None, among_alive=False, group_k=None):
+    """The select within groups of group_size consecutive entries (csrc/ops.cpp):
+    in group g, the k_g - (entries already pruned) alive entries of smallest
+    key, ties to the lowest index. Ranks by a stable sort of each group."""
+    check_default_mask(scores, default_mask)
+    groups = check_groups(scores, group_size, k, group_k)
+    if scores.is_meta:
+        return _meta_result(scores, default_mask)
+    key = magnitude_key(scores).view(groups, group_size)
+    alive = _alive(default_mask, among_alive)
+    alive = torch.ones_like(key, dtype=torch.bool) if alive is None else alive.view(groups, group_size)
+    budget = torch.full((groups,), k, dtype=torch.int64, device=key.device) if group_k is None else group_k
+    budget = budget.clamp(0, group_size) - (~alive).sum(1)
+    # each group's alive entries by key, then the dead: two stable sorts,
+    # so ties go to the lowest index (any int64 key, integer scores too)
+    order = torch.sort(key, dim=1, stable=True).indices
+    order = order.gather(1, torch.sort((~alive).gather(1, order).to(torch.int8), dim=1, stable=True).indices)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(group_size, device=key.device).expand_as(order))
+    selected = alive & (rank < budget[:, None])
+    return _apply(selected.view(-1), scores, default_mask)
 
 
 # ------------------------------------------------------------------ phases
@@ -233,6 +256,7 @@ register(
         devices=("cpu", "cuda", "mps", "xpu", "meta"),
         l1_mask=l1_mask,
         l1_mask_global=l1_mask_global,
+        l1_mask_grouped=l1_mask_grouped,
         score_dtypes=None,
         mask_dtypes=None,
         phases=Phases(key_histogram, count_equal, mask_write, select_threshold),

@@ -4,7 +4,7 @@ Serves CUDA tensors; under the Triton interpreter (TRITON_INTERPRET=1, read
 when this package is imported) it serves CPU tensors too, which is how CI
 tests it without a GPU. Importing it registers the torch ops
 pruneext::l1_mask_triton, l1_mask_into_triton, l1_mask_global_triton and
-l1_mask_global_into_triton (and those of
+l1_mask_global_into_triton, l1_mask_grouped_triton (and those of
 the phases and of the bit-mask ops, phases.py and bits.py). Without an
 importable Triton the package raises ImportError, which pruneext swallows,
 and the backend is listed as unavailable with the reason.
@@ -39,6 +39,7 @@ if torch.cuda.is_available() or INTERPRET:
                 phases.key_histogram_op, phases.count_equal_op, phases.mask_write_op, ops.select_threshold
             ),
             bits=BitOps(bits.bits_prune, bits.bits_apply),
+            l1_mask_grouped=ops.l1_mask_grouped,
         )
     )
 else:

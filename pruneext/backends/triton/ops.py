@@ -11,6 +11,7 @@ from typing import List, Optional
 import torch
 
 from ..contract import mask_outputs
+from . import groups
 from .select import INTERPRET, l1_masks, l1_threshold
 
 
@@ -92,6 +93,20 @@ def l1_select_threshold_triton(
     return l1_threshold(list(scores), list(default_masks), among_alive, k)
 
 
+# The select within groups (the row and N:M scopes, csrc/ops.cpp).
+@_register("pruneext::l1_mask_grouped_triton")
+def l1_mask_grouped_triton(
+    scores: torch.Tensor,
+    group_size: int,
+    k: int,
+    default_mask: Optional[torch.Tensor],
+    among_alive: bool,
+    group_k: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """pruneext.ops.l1_mask_grouped on the Triton kernels (groups.py)."""
+    return groups.l1_mask_grouped(scores, group_size, k, default_mask, among_alive, group_k, interpret=INTERPRET)
+
+
 # The backend's functions (pruneext.backends.Backend).
 def l1_mask(scores, k, default_mask=None, among_alive=False, values=None, values_out=None):
     if values_out is None:
@@ -108,6 +123,10 @@ def l1_mask_global(scores, k, default_masks, among_alive=False, values=None, val
         list(scores), k, list(default_masks or []), among_alive, masks, list(values or []), list(values_out)
     )
     return masks
+
+
+def l1_mask_grouped(scores, group_size, k, default_mask=None, among_alive=False, group_k=None):
+    return torch.ops.pruneext.l1_mask_grouped_triton(scores, group_size, k, default_mask, among_alive, group_k)
 
 
 def select_threshold(scores, default_masks, among_alive, k):
