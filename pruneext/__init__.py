@@ -17,9 +17,11 @@ from .functional import (
     is_pruned,
     l1_unstructured,
     ln_structured,
+    nm_structured,
     random_structured,
     random_unstructured,
     remove,
+    row_unstructured,
 )
 from .methods import (
     BasePruningMethod,
@@ -27,13 +29,17 @@ from .methods import (
     Identity,
     L1Unstructured,
     LnStructured,
+    NMStructured,
     PruningContainer,
     RandomStructured,
     RandomUnstructured,
+    RowUnstructured,
 )
 from ._info import build_info
 from . import schedules
 from .pruner import MagnitudePruner
+from .activation_norms import ActivationNorms
+from .semi_structured import to_semi_structured
 from .patch import patch_torch, unpatch_torch
 
 # torch.nn.utils.prune's module-level helpers, which code and test suites
@@ -51,15 +57,18 @@ from torch.nn.utils.prune import (  # noqa: E402,F401
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActivationNorms",
     "BasePruningMethod",
     "CustomFromMask",
     "Identity",
     "L1Unstructured",
     "MagnitudePruner",
     "LnStructured",
+    "NMStructured",
     "PruningContainer",
     "RandomStructured",
     "RandomUnstructured",
+    "RowUnstructured",
     "available_backends",
     "build_info",
     "custom_from_mask",
@@ -69,13 +78,16 @@ __all__ = [
     "is_pruned",
     "l1_unstructured",
     "ln_structured",
+    "nm_structured",
     "ops",
     "patch_torch",
     "random_structured",
     "random_unstructured",
     "remove",
+    "row_unstructured",
     "schedules",
     "set_backend",
+    "to_semi_structured",
     "unpatch_torch",
     "use_backend",
 ]

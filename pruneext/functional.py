@@ -35,6 +35,20 @@ def l1_unstructured(module, name, amount, importance_scores=None):
     return module
 
 
+def row_unstructured(module, name, amount, importance_scores=None):
+    """Zero `amount` of every row's entries (dim 0 = output features) of
+    smallest |importance_scores| (default: the parameter): Wanda's scope."""
+    methods.RowUnstructured.apply(module, name, amount=amount, importance_scores=importance_scores)
+    return module
+
+
+def nm_structured(module, name, n=2, m=4, importance_scores=None):
+    """N:M sparsity (2:4 by default): in every group of m consecutive entries
+    along the last dimension, zero the n of smallest |importance_scores|."""
+    methods.NMStructured.apply(module, name, n=n, m=m, importance_scores=importance_scores)
+    return module
+
+
 def random_structured(module, name, amount, dim):
     methods.RandomStructured.apply(module, name, amount, dim)
     return module

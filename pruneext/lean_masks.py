@@ -18,7 +18,7 @@ from typing import List, Protocol, Sequence, runtime_checkable
 import torch
 
 from . import backends, ops
-from .backends.contract import KEY_BITS, unpack_bits
+from .backends.contract import KEY_BITS, pack_bits, unpack_bits
 
 
 @runtime_checkable
@@ -49,6 +49,10 @@ class MaskFormat(Protocol):
 
     def as_bool(self, j: int, shape) -> torch.Tensor:
         """Mask j as a new bool tensor of `shape` (True: kept)."""
+
+    def assign(self, j: int, keep: torch.Tensor) -> None:
+        """Make mask j `keep` (bool, the weight's shape; within mask j: the
+        grouped scopes' masks only grow). The weights are zeroed by apply."""
 
     def pruned_count(self, j: int, numel: int) -> int:
         """How many of mask j's `numel` entries are pruned."""
@@ -88,6 +92,10 @@ class BitMasks:
     def as_bool(self, j, shape):
         return unpack_bits(self.masks[j], math.prod(shape)).reshape(shape)
 
+    def assign(self, j, keep):
+        packed = pack_bits(keep.reshape(-1))
+        self.masks[j][: packed.numel()].copy_(packed)
+
     def pruned_count(self, j, numel):
         return numel - int(unpack_bits(self.masks[j], numel).sum())
 
@@ -119,6 +127,9 @@ class BoolMasks:
 
     def as_bool(self, j, shape):
         return self.masks[j].clone()
+
+    def assign(self, j, keep):
+        self.masks[j].copy_(keep.reshape(self.masks[j].shape))
 
     def pruned_count(self, j, numel):
         return numel - int(self.masks[j].sum())

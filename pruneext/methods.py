@@ -19,14 +19,15 @@ changes:
   by a second pass over the parameter.
 """
 import copy
+import numbers
 import weakref
 
 import torch
 from torch.nn.utils import prune as _torch_prune
 
 from . import _fsdp, _fused, distributed, selection
-from ._amount import checked_k
-from ._dtensor import is_dtensor
+from ._amount import checked_k, validate_amount_init
+from ._dtensor import is_dtensor, local
 
 
 def _single_pruning_hook(module, name):
@@ -325,6 +326,88 @@ class L1Unstructured(BasePruningMethod, _torch_prune.L1Unstructured):
     @classmethod
     def apply(cls, module, name, amount, importance_scores=None):
         return super().apply(module, name, amount=amount, importance_scores=importance_scores)
+
+
+def _rows(t):
+    """(rows, row length) of t's 2-D view: dim 0 is the output features
+    (a 0-d or 1-D tensor is one row)."""
+    rows = t.shape[0] if t.dim() >= 2 else 1
+    return rows, (t.numel() // rows if rows else 0)
+
+
+class RowUnstructured(BasePruningMethod):
+    """Per row of the 2-D view (dim 0 = output features, Wanda's groups): in
+    every row, zero `amount` of the entries it still has (an int: that many,
+    a float: that fraction, rounded as torch rounds), those of smallest |t|,
+    ties to the lowest index. In a container (a parameter pruned before) each
+    row prunes among what it has left, so rows end with equal budgets only
+    where they started with them."""
+
+    PRUNING_TYPE = "global"  # a container hands it the whole tensor and mask
+
+    def __init__(self, amount):
+        validate_amount_init(amount)
+        self.amount = amount
+
+    def compute_mask(self, t, default_mask):
+        # counted on this process's rows: a DTensor's shard holds whole rows
+        # (selection.grouped_mask refuses any other sharding)
+        rows, length = _rows(local(t))
+        alive = (local(default_mask) == 1).reshape(rows, length).sum(1)
+        if isinstance(self.amount, numbers.Integral):
+            checked_k(self.amount, int(alive.min()) if rows else 0)  # torch's error for too large an int
+            k = torch.full_like(alive, int(self.amount))
+        else:  # round(amount * n) in float64, half to even: Python's round, row by row
+            k = torch.round(alive.double() * float(self.amount)).long()
+        return selection.grouped_mask(t, max(length, 1), 0, default_mask, among_alive=True, group_k=length - alive + k)
+
+    def first_mask(self, t, like):
+        rows, length = _rows(local(t))
+        mask = selection.grouped_mask(t, max(length, 1), checked_k(self.amount, length))
+        return mask.to(device=like.device, dtype=like.dtype)
+
+    @classmethod
+    def apply(cls, module, name, amount, importance_scores=None):
+        return super().apply(module, name, amount=amount, importance_scores=importance_scores)
+
+
+class NMStructured(BasePruningMethod):
+    """N:M sparsity: in every group of M consecutive entries along the last
+    dimension, zero the N of smallest |t| (ties to the lowest index; 2:4 is
+    what Ampere / Hopper sparse tensor cores run). On a parameter pruned
+    before, groups that have N zeros already keep them, the others are
+    topped up to N, so the result is N:M whatever came before."""
+
+    PRUNING_TYPE = "global"  # a container hands it the whole tensor and mask
+
+    def __init__(self, n=2, m=4):
+        check_n_m(n, m)
+        self.n, self.m = int(n), int(m)
+
+    def compute_mask(self, t, default_mask):
+        if t.dim() == 0 or t.shape[-1] % self.m:
+            last = t.shape[-1] if t.dim() else 1
+            raise ValueError(
+                f"{self.n}:{self.m} pruning needs the last dimension to be a multiple of {self.m}, "
+                f"got shape {tuple(t.shape)} (last dimension {last})"
+            )
+        return selection.grouped_mask(t, self.m, self.n, default_mask, among_alive=True)
+
+    def first_mask(self, t, like):
+        return self.compute_mask(t, None).to(device=like.device, dtype=like.dtype)
+
+    @classmethod
+    def apply(cls, module, name, n=2, m=4, importance_scores=None):
+        return super().apply(module, name, n=n, m=m, importance_scores=importance_scores)
+
+
+def check_n_m(n, m):
+    """N and M of an N:M scope: integers, 1 <= M, 0 <= N <= M."""
+    for value, what in ((n, "n"), (m, "m")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"N:M pruning: {what} must be an int, got {value!r}")
+    if m < 1 or not 0 <= n <= m:
+        raise ValueError(f"N:M pruning needs 0 <= n <= m and m >= 1, got n={n}, m={m}")
 
 
 class Identity(BasePruningMethod, _torch_prune.Identity):

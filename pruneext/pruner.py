@@ -24,7 +24,12 @@ weights where they are and keeps one bit per entry:
     grow: each update prunes among the entries still alive.
 
 Sparsity is the fraction of the entries in scope that are zero: over all
-weights together (scope="global", one threshold) or per weight ("layer").
+weights together (scope="global", one threshold), per weight ("layer"), or
+per row of each weight ("row": dim 0 = output features, Wanda's scope). An
+N:M scope ("2:4", any "n:m") keeps n zeros in every m consecutive entries
+along the last dimension; its schedule says which fraction of the weights
+(in the order given) are N:M-pruned, so a constant 1.0 converts them all at
+once and a schedule converts them layer by layer.
 """
 import numbers
 from typing import Callable, Iterable, Union
@@ -32,13 +37,29 @@ from typing import Callable, Iterable, Union
 import torch
 from torch import nn
 
-from . import distributed, lean_masks, select_loop
+from . import distributed, lean_masks, select_loop, selection
+from .methods import check_n_m
 from ._dtensor import DTensor, is_dtensor
 from ._dtensor import local as _local  # what is pruned in place: a DTensor's shard (FSDP2 all-gathers from it)
 from .backends.contract import KEY_BITS
 from .schedules import Constant, _fraction
 
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "row", "N:M")  # N:M: any "n:m", e.g. "2:4"
+
+
+def _grouped_scope(scope):
+    """None for "global" and "layer" (the selection over whole weights);
+    "row", or (n, m) for an N:M scope; ValueError for anything else."""
+    if scope in ("global", "layer"):
+        return None
+    if scope == "row":
+        return "row"
+    parts = scope.split(":") if isinstance(scope, str) else ()
+    if len(parts) == 2 and all(part.isdigit() for part in parts):
+        n, m = int(parts[0]), int(parts[1])
+        check_n_m(n, m)
+        return n, m
+    raise ValueError(f"MagnitudePruner: unknown scope {scope!r}; choose 'global', 'layer', 'row' or 'n:m' (e.g. '2:4')")
 
 
 def _targets(parameters):
@@ -93,8 +114,12 @@ class MagnitudePruner:
     sparsity: a float in [0, 1], or a schedule: a callable step -> float
         (pruneext.schedules). Step 0 is applied here; each step() advances.
     scope: "global" (one threshold over all the weights; they must share a
-        dtype and device) or "layer" (each weight to its own sparsity).
+        dtype and device), "layer" (each weight to its own sparsity), "row"
+        (each row of each weight), or "n:m" such as "2:4" (see above).
     mask_format: "bits" (1 bit per entry) or "bool" (1 byte per entry).
+    scores: for "row" and N:M scopes, what ranks the entries instead of |W|:
+        an object with scores(module, name) -> tensor of the weight's shape,
+        such as pruneext.ActivationNorms (Wanda's |W| x ||X||).
 
     Sharded parameters (DTensors: FSDP2's fully_shard, tensor parallel) are
     pruned as the unsharded model would be, in every process that holds a
@@ -109,21 +134,27 @@ class MagnitudePruner:
         sparsity: Union[float, Callable[[int], float]],
         scope: str = "global",
         mask_format: str = "bits",
+        scores=None,
     ):
         targets = _targets(parameters)
         # sharded: every process checks, then all agree, before any collective
         with distributed.agreement(distributed.comm_for_dtensors([getattr(m, n, None) for m, n, _ in targets])):
-            if scope not in SCOPES:
-                raise ValueError(f"MagnitudePruner: unknown scope {scope!r}; choose one of {SCOPES}")
+            self._grouped = _grouped_scope(scope)
+            if scores is not None and (self._grouped is None or not callable(getattr(scores, "scores", None))):
+                raise ValueError(
+                    "MagnitudePruner: scores= takes an object with scores(module, name) (pruneext.ActivationNorms) "
+                    "and a 'row' or N:M scope"
+                )
             if mask_format not in lean_masks.FORMATS:
                 raise ValueError(
                     f"MagnitudePruner: unknown mask_format {mask_format!r}; choose one of {lean_masks.FORMATS}"
                 )
             self.schedule = sparsity if callable(sparsity) else Constant(sparsity)
             params = self._checked(targets, scope)
+            self._check_groups(params, [label for _, _, label in targets])
             first = self._sparsity_at(0)
         self.sharded = is_dtensor(params[0])
-        self.scope, self.mask_format = scope, mask_format
+        self.scope, self.mask_format, self.scores = scope, mask_format, scores
         self.targets = [(m, n) for m, n, _ in targets]
         self.labels = [label for _, _, label in targets]
         self.params = params
@@ -254,6 +285,19 @@ class MagnitudePruner:
                     "build the pruner after the model's parameters are final (after fully_shard)"
                 )
 
+    def _check_groups(self, params, labels):
+        """A grouped scope's shapes and shards, before anything is pruned."""
+        if self._grouped is None:
+            return
+        for p, label in zip(params, labels):
+            if self._grouped != "row" and (p.dim() == 0 or p.shape[-1] % self._grouped[1]):
+                n, m = self._grouped
+                raise ValueError(
+                    f"MagnitudePruner: {label} of shape {tuple(p.shape)}: {n}:{m} needs a last dimension divisible by {m}"
+                )
+            if is_dtensor(p):
+                selection.check_whole_groups(p)
+
     def _comm(self):
         return distributed.comm_for_dtensors(self.params) if self.sharded else None
 
@@ -287,10 +331,37 @@ class MagnitudePruner:
         scope are zero (round(s * n), as torch's amount)."""
         self.apply()  # the selection relies on pruned weights being +0
         n = len(self.params)
+        if self._grouped is not None:
+            self._prune_groups(sparsity)
+            self.apply()
+            self.sparsity = max(self.sparsity, sparsity)
+            return
         for index in [list(range(n))] if self.scope == "global" else [[j] for j in range(n)]:
             total = sum(self.params[j].numel() for j in index)  # (a DTensor's: the unsharded count)
             self._prune_group(index, total - round(sparsity * total))
         self.sparsity = max(self.sparsity, sparsity)
+
+    def _prune_groups(self, sparsity):
+        """The grouped scopes: every row to round(sparsity * its length)
+        zeros, or the first round(sparsity * len) weights to N:M; each
+        weight's mask grows by the grouped select among its alive entries."""
+        if self._grouped == "row":
+            todo = range(len(self.params))
+        else:
+            todo = range(round(sparsity * len(self.params)))
+        for j in todo:
+            weight = _local(self.params[j]).detach()
+            rows = weight.shape[0] if weight.dim() >= 2 else 1
+            length = weight.numel() // rows if rows else 1
+            if self._grouped == "row":
+                size, k = length, round(sparsity * length)
+            else:
+                size, k = self._grouped[1], self._grouped[0]
+            ranked = weight if self.scores is None else _local(self.scores.scores(*self.targets[j]))
+            alive = self._masks.as_bool(j, weight.shape)
+            keep = selection.grouped_mask(ranked, max(size, 1), k, alive, among_alive=True)
+            self._masks.assign(j, keep)
+            self.pruned[j] = weight.numel() - int(keep.sum())
 
     def _prune_group(self, index, keep):
         """Prune the alive entries of the weights at `index` down to `keep`

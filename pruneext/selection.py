@@ -2,6 +2,8 @@
 
     masks = selection.l1_masks(scores, k_of_alive, default_masks, among_alive,
                                values=..., values_out=..., group=None)
+    mask = selection.grouped_mask(scores, group_size, k, default_mask, among_alive,
+                                  group_k=None)     (the row and N:M scopes)
 
 Whether the selection runs in one process or across many is decided here,
 once, from the inputs: DTensor scores (FSDP2, tensor parallel) are ranked
@@ -11,7 +13,7 @@ plain list is ranked by the fused ops (pruneext.ops), one kernel call.
 Methods, global_unstructured and their fallbacks call nothing else.
 """
 from . import distributed, ops
-from ._dtensor import any_dtensor
+from ._dtensor import DTensor, any_dtensor, is_dtensor, local
 
 
 def l1_masks(scores, k_of_alive, default_masks=None, among_alive=False, values=None, values_out=None, group=None):
@@ -37,3 +39,34 @@ def l1_masks(scores, k_of_alive, default_masks=None, among_alive=False, values=N
         one = dict(values=values[0] if values else None, values_out=values_out[0] if values_out else None)
         return [ops.l1_mask(scores[0], k, default_mask=masks[0], among_alive=among_alive, **one)]
     return ops.l1_mask_global(scores, k, masks, among_alive=among_alive, values=values, values_out=values_out)
+
+
+def grouped_mask(scores, group_size, k, default_mask=None, among_alive=False, group_k=None):
+    """The mask of the select within groups of `group_size` consecutive
+    entries (ops.l1_mask_grouped: the row and N:M scopes). A group never
+    spans processes here: a DTensor is masked shard by shard, which is exact
+    where each shard holds whole groups (every placement Replicate or
+    Shard(0) of a tensor of two or more dimensions: rows and the groups
+    within them stay whole), and refused otherwise, before anything runs."""
+    tensors = [scores, default_mask, group_k]
+    if not any_dtensor([t for t in tensors if t is not None]):
+        return ops.l1_mask_grouped(scores, group_size, k, default_mask, among_alive, group_k)
+    sharded = next(t for t in tensors if is_dtensor(t))
+    check_whole_groups(sharded)
+    placements = sharded.placements
+    part = ops.l1_mask_grouped(local(scores), group_size, k, None if default_mask is None else local(default_mask),
+                               among_alive, None if group_k is None else local(group_k))
+    return DTensor.from_local(part, sharded.device_mesh, placements, shape=sharded.shape, stride=sharded.stride())
+
+
+def check_whole_groups(t):
+    """Raise ValueError unless each shard of the DTensor `t` holds whole rows
+    (every placement Replicate or Shard(0), two or more dimensions), so the
+    grouped scopes' groups never cross a shard boundary."""
+    placements = t.placements
+    if t.dim() < 2 or not all(p.is_replicate() or (p.is_shard() and p.dim == 0) for p in placements):
+        raise ValueError(
+            f"grouped (row or N:M) pruning of a DTensor needs every placement Replicate or Shard(0) of a "
+            f"tensor of 2 or more dimensions, so no group crosses a shard boundary; got {list(placements)} "
+            f"on shape {tuple(t.shape)}"
+        )

@@ -188,3 +188,61 @@ def replicated_only(rank, world_size):
     pruner = pruneext.MagnitudePruner([(m, "weight")], 0.45)
     (expected,) = oracle([full], round(0.45 * full.numel()))
     return torch.equal(pruner.mask(m, "weight").to_local(), expected.bool())
+
+
+def _grouped_twins(seed):
+    """Two identical MLPs whose weights' last dimensions are multiples of 4
+    (2:4 groups), tie-free; the last layer has 2 rows (an empty 3-rank shard)."""
+    def build():
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+        with torch.no_grad():
+            for i, layer in enumerate((model[0], model[2], model[4])):
+                layer.weight.copy_(distinct_magnitudes(*layer.weight.shape, seed=seed + i) / 64)
+        return model
+
+    return build(), build()
+
+
+def fsdp2_grouped_scopes_match_one_process(rank, world_size):
+    """The row and 2:4 scopes on FSDP2 (Shard(0): every shard holds whole
+    rows): the pruner's masks through SGD steps, and the drop-in methods'
+    masks, equal those of the same model in one process; a column-sharded
+    weight is refused on every rank before anything changes."""
+    mesh = _mesh(world_size)
+    for scope, schedule in (("2:4", _Steps([0.5, 1.0])), ("row", _Steps([0.25, 0.5]))):
+        sharded, plain = _grouped_twins(seed=70)
+        _fully_shard(sharded, mesh)
+        pruners = [pruneext.MagnitudePruner(m, schedule, scope=scope) for m in (sharded, plain)]
+        opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for m in (sharded, plain)]
+        g = torch.Generator().manual_seed(9)
+        for step in range(3):
+            x = torch.randn(6, 8, generator=g)
+            for model, opt in zip((sharded, plain), opts):
+                opt.zero_grad()
+                model(x).square().sum().backward()
+                opt.step()
+            for pruner in pruners:
+                pruner.step()
+            for (ms, n), (mp, _) in zip(pruners[0].targets, pruners[1].targets):
+                assert torch.equal(_full(pruners[0].mask(ms, n)), pruners[1].mask(mp, n)), f"{scope} step {step}"
+                torch.testing.assert_close(_full(ms.weight), mp.weight.detach(), rtol=1e-5, atol=1e-6)
+        dead = (~_full(pruners[0].mask(sharded[0], "weight"))).reshape(-1, 4).sum(1)
+        assert scope != "2:4" or bool((dead == 2).all()), "not 2:4"
+    for prune in (lambda m: pruneext.nm_structured(m, "weight"), lambda m: pruneext.row_unstructured(m, "weight", 0.5)):
+        sharded, plain = _grouped_twins(seed=80)
+        _fully_shard(sharded, mesh)
+        for layer_s, layer_p in zip((sharded[0], sharded[2], sharded[4]), (plain[0], plain[2], plain[4])):
+            prune(layer_s)
+            prune(layer_p)
+            assert torch.equal(_full(layer_s.weight_mask), layer_p.weight_mask)
+    m = nn.Module()
+    full = _tied((4, 8), seed=420)
+    m.weight = nn.Parameter(distribute_tensor(full.clone(), mesh, [Shard(1)]))
+    try:
+        pruneext.MagnitudePruner([(m, "weight")], 1.0, scope="2:4")
+    except ValueError as e:
+        refused = "Shard(0)" in str(e) and torch.equal(m.weight.to_local(), _local_part(full, m.weight))
+    else:
+        refused = False
+    return refused

@@ -232,3 +232,28 @@ def test_a_missing_library_is_named(module, blocked, package):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr
     assert f"pip install {package}" in out.stdout and f"pruneext.integrations.{module}" in out.stdout
+
+
+def test_readme_wanda_2_4_of_a_causal_lm():
+    """README's Wanda-style one-shot 2:4 pruning on a tiny LLaMA (CPU,
+    float32: to_semi_structured leaves every layer dense and says why)."""
+    model = tiny_llama()
+    layers = [m for m in model.model.layers.modules() if isinstance(m, nn.Linear)]
+    calibration = [torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    seen = []  # the inputs of one layer, captured independently of pruneext
+    probe = layers[0].register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().reshape(-1, 32)))
+    with torch.no_grad(), pruneext.ActivationNorms(model, modules=layers) as norms:
+        for batch in calibration:
+            model(batch)
+    probe.remove()
+    wanda = layers[0].weight.detach().abs() * torch.cat(seen).pow(2).sum(0).sqrt()
+    for layer in layers:
+        pruneext.nm_structured(layer, "weight", importance_scores=norms.scores(layer))
+    groups = wanda.reshape(-1, 4)
+    expected = torch.ones_like(groups).scatter_(1, groups.topk(2, dim=1, largest=False).indices, 0)
+    assert torch.equal(layers[0].weight_mask, expected.reshape(wanda.shape))
+    for layer in layers:
+        assert bool(((layer.weight.reshape(-1, 4) == 0).sum(1) >= 2).all())
+    report = pruneext.to_semi_structured(model)
+    assert report.converted == [] and len(report.skipped) == len(layers) + 1  # and lm_head
+    assert model(calibration[0]).logits.shape == (2, 16, 64)

@@ -306,7 +306,7 @@ def test_a_replaced_parameter_is_refused():
         (dict(sparsity="0.5"), TypeError, "number"),
         (dict(sparsity=True), TypeError, "number"),
         (dict(sparsity=lambda s: 2.0), ValueError, "step 0"),
-        (dict(sparsity=0.5, scope="row"), ValueError, "scope"),
+        (dict(sparsity=0.5, scope="rows"), ValueError, "scope"),
         (dict(sparsity=0.5, mask_format="int8"), ValueError, "mask_format"),
     ],
 )

@@ -20,6 +20,7 @@ SCENARIOS = [
     sc.fsdp2_trains_like_one_process,
     sc.bad_sparsity_on_one_rank,
     sc.replicated_only,
+    sc.fsdp2_grouped_scopes_match_one_process,
 ]
 
 
@@ -46,6 +47,10 @@ def test_a_bad_argument_on_one_rank_raises_on_every_rank(ranks):
 
 def test_a_replicated_parameter_prunes_once(ranks):
     assert all(results(ranks, sc.replicated_only))
+
+
+def test_grouped_scopes_on_fsdp2_match_one_process(ranks):
+    assert all(results(ranks, sc.fsdp2_grouped_scopes_match_one_process))
 
 
 def test_readme_fsdp2_lean_example_runs_under_torchrun():
