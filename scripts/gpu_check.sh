@@ -44,6 +44,8 @@
 #                   the pruner's global update over 16 x Linear(2048) fp32 against clone,
 #                   copy_ and torch's global_unstructured, the re-mask against an in-place
 #                   pass, and what the pruner and torch's hooks each add to a training step
+#         scopes    python -m benchmarks.scopes --matmul (issue 24): row and 2:4 masks against
+#                   torch at LLaMA-7B shapes, a bf16 Linear dense against 2:4 semi-structured
 #
 # Every stage runs under `timeout`, for its own cap or what is left of the
 # command's budget (GPU_CHECK_BUDGET seconds, counted from the start), so a
@@ -272,6 +274,12 @@ if [ "$which" = second ]; then
   if [ "$DRY" = 1 ]; then lean+=(--device cpu --quick --reps 1); else lean+=(--device cuda); fi
   run_stage lean 45 "$OUT/probe.log" "${lean[@]}"
   grep -hE "^\| (pruner update|re-mask)|^- (torch's hooks|the pruner) " "$OUT/probe.log" | tail -n 4 >> "$SUMMARY"
+
+  # issue 24: the row and 2:4 masks against torch, and what 2:4 buys a LLaMA-7B-shaped Linear
+  scopes=("$PY" -m benchmarks.scopes --reps 5)
+  if [ "$DRY" = 1 ]; then scopes+=(--device cpu --backend cpu --shapes 64x128 --reps 1); else scopes+=(--device cuda --backend cuda --matmul); fi
+  run_stage scopes 40 "$OUT/probe.log" "${scopes[@]}"
+  grep -hE "^ +[0-9]+x[0-9]+ .*x |^Linear " "$OUT/probe.log" | tail -n 14 >> "$SUMMARY"
 
   "$PY" scripts/gpu_check_report.py probe "$OUT/probe.json" "$OUT"/json/*.json >> "$SUMMARY" || FAILED=1
   rm -rf "$OUT/json"

@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 
+import pruneext
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import cases, contenders, report, run, timing  # noqa: E402
@@ -107,3 +109,20 @@ def test_reps_fixes_the_count():
     slow = timing.Policy(**{**vars(policy), "slow_s": 0.0})  # every call counts as slow
     for p in (policy, slow):
         assert timing.measure(clock, lambda: None, lambda s: torch.ones(4), p).reps == 3
+
+
+def test_scopes_benchmark_runs_and_checks_its_masks(tmp_path, capsys):
+    """benchmarks.scopes on small shapes: a row per shape, dtype and scope,
+    its masks compared with torch's before they are timed."""
+    if "cpu" not in pruneext.available_backends():
+        pytest.skip("pruneext._C is not built here")
+    import json
+
+    from benchmarks import scopes
+
+    out = tmp_path / "scopes.json"
+    scopes.main(["--shapes", "8x16,4x40", "--dtypes", "float32,bfloat16", "--reps", "1", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["shape"], r["dtype"], r["scope"]) for r in rows][:2] == [([8, 16], "float32", "row"), ([8, 16], "float32", "2:4")]
+    assert len(rows) == 8 and all(r["pruneext_s"] > 0 and r["torch_s"] > 0 and r["copy_s"] > 0 for r in rows)
+    assert "speed-up" in capsys.readouterr().out
