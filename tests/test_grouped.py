@@ -41,7 +41,7 @@ def test_n_m_matches_topk_per_group(backend_device, n, m):
     assert torch.equal((mask.reshape(-1, m) == 0).sum(1), torch.full((16 * 32 // m,), n, device=device))
 
 
-@pytest.mark.parametrize("group_size", [1, 3, 4, 8, 32, 33, 100])
+@pytest.mark.parametrize("group_size", [1, 2, 3, 4, 8, 16, 32, 33, 100])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64, torch.float16])
 def test_tied_data_with_nan_and_prior_masks(backend_device, group_size, dtype):
     _, device = backend_device

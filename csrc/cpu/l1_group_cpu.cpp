@@ -9,10 +9,13 @@
 // of magnitude_key.h, so r fits the key's own unsigned type.
 //   * groups of up to kRankedGroup entries (N:M): an entry is selected when
 //     fewer than k entries rank before it (smaller r, or equal r at a lower
-//     index): no threshold, no histogram, a few compares per entry;
+//     index): no threshold, no histogram, a few compares per entry (the
+//     loops unrolled for 2, 4, 8 and 16 entries);
 //   * larger groups (rows): a radix select of the k-th smallest r, 8 bits a
-//     pass over the group's own keys (in cache for a row), then the write
-//     pass: every r below it and the first (k - below) equal to it.
+//     digit: the first counted while the group's keys are made, the others
+//     over the keys of the chosen bucket only (copied out, narrowed after
+//     each digit), then the write pass: every r below it and the first
+//     (k - below) equal to it. A row stays in cache throughout.
 // A selected entry that was already pruned keeps its default mask value.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -46,17 +49,30 @@ class GroupSelect {
         among_alive_(g.p.among_alive && prev_ != nullptr) {}
 
   void run() {
+    // the common N:M group sizes with the group's loops unrolled
+    switch (g_.group_size) {
+      case 2: return run_tasks([&](int64_t group, key_t*, key_t*) { select_small<2>(group); });
+      case 4: return run_tasks([&](int64_t group, key_t*, key_t*) { select_small<4>(group); });
+      case 8: return run_tasks([&](int64_t group, key_t*, key_t*) { select_small<8>(group); });
+      case 16: return run_tasks([&](int64_t group, key_t*, key_t*) { select_small<16>(group); });
+      default: return run_tasks([&](int64_t group, key_t* r, key_t* cand) { select_group(group, r, cand); });
+    }
+  }
+
+ private:
+  template <typename F>
+  void run_tasks(F&& select) {
     const int64_t size = g_.group_size;
     const int64_t grain = std::max<int64_t>(1, kEntriesPerTask / size);
     at::parallel_for(0, g_.groups, grain, [&](int64_t begin, int64_t end) {
-      std::vector<key_t> r(static_cast<size_t>(size));
+      // a group's ranked keys, and the candidates of its radix select
+      std::vector<key_t> r(static_cast<size_t>(size)), cand(r.size());
       for (int64_t group = begin; group < end; ++group) {
-        select_group(group * size, k_of(group), r.data());
+        select(group, r.data(), cand.data());
       }
     });
   }
 
- private:
   int64_t k_of(int64_t group) const {
     const int64_t k = group_k_ != nullptr ? group_k_[group] : g_.p.k;
     return std::clamp<int64_t>(k, 0, g_.group_size);
@@ -64,13 +80,37 @@ class GroupSelect {
 
   mask_t kept(int64_t e) const { return prev_ != nullptr ? prev_[e] : one_; }
 
-  void select_group(int64_t base, int64_t k, key_t* r) {
-    const int64_t size = g_.group_size;
-    for (int64_t i = 0; i < size; ++i) {
-      const bool alive = !among_alive_ || prev_[base + i] == one_;
-      r[i] = alive ? static_cast<key_t>(Traits::key(raw_[base + i]) + 1) : key_t(0);
+  key_t rank_key(int64_t e) const {
+    const bool alive = !among_alive_ || prev_[e] == one_;
+    return alive ? static_cast<key_t>(Traits::key(raw_[e]) + 1) : key_t(0);
+  }
+
+  // An entry is selected when fewer than k entries rank before it.
+  template <int M>
+  void select_small(int64_t group) {
+    const int64_t base = group * M;
+    const int64_t k = k_of(group);
+    key_t r[M];
+    for (int i = 0; i < M; ++i) {
+      r[i] = rank_key(base + i);
     }
+    for (int i = 0; i < M; ++i) {
+      int before = 0;
+      for (int j = 0; j < M; ++j) {
+        before += (r[j] < r[i]) | ((r[j] == r[i]) & (j < i));
+      }
+      write(base + i, r[i], before < k);
+    }
+  }
+
+  void select_group(int64_t group, key_t* r, key_t* cand) {
+    const int64_t size = g_.group_size;
+    const int64_t base = group * size;
+    const int64_t k = k_of(group);
     if (size <= kRankedGroup) {
+      for (int64_t i = 0; i < size; ++i) {
+        r[i] = rank_key(base + i);
+      }
       for (int64_t i = 0; i < size; ++i) {
         int64_t before = 0;
         for (int64_t j = 0; j < size; ++j) {
@@ -81,7 +121,7 @@ class GroupSelect {
       return;
     }
     int64_t rank = k;  // of the threshold among the entries that share its prefix
-    const key_t threshold = k == 0 ? key_t(0) : kth_smallest(r, size, &rank);
+    const key_t threshold = kth_smallest(base, size, r, cand, &rank);
     int64_t ties = k == 0 ? 0 : rank;
     for (int64_t i = 0; i < size; ++i) {
       const bool tie = r[i] == threshold && ties > 0;
@@ -95,27 +135,54 @@ class GroupSelect {
     out_[e] = selected && r != 0 ? mask_t(0) : kept(e);
   }
 
-  // The rank-th smallest of r[0..size) (rank >= 1); *rank becomes its rank
-  // among the entries equal to it (how many of those the write selects).
-  static key_t kth_smallest(const key_t* r, int64_t size, int64_t* rank) {
+  // Fills r[0..size) with the group's ranked keys and returns the rank-th
+  // smallest of them (rank >= 1, or 0: none, then 0 is returned); *rank
+  // becomes its rank among the entries equal to it (how many of those the
+  // write selects). 8 bits a digit: the first counted as the keys are made,
+  // then the keys of the chosen bucket copied out, and the later digits
+  // counted over those candidates only, narrowed again after each.
+  key_t kth_smallest(int64_t base, int64_t size, key_t* r, key_t* cand, int64_t* rank) const {
     constexpr int kWidth = static_cast<int>(sizeof(key_t) * 8);
     std::array<int64_t, 256> hist;
-    key_t prefix = 0;
-    for (int shift = kWidth - 8; shift >= 0; shift -= 8) {
+    hist.fill(0);
+    for (int64_t i = 0; i < size; ++i) {
+      r[i] = rank_key(base + i);
+      ++hist[r[i] >> (kWidth - 8)];
+    }
+    if (*rank == 0) {
+      return key_t(0);
+    }
+    int digit = take_digit(hist, rank);
+    key_t prefix = static_cast<key_t>(static_cast<key_t>(digit) << (kWidth - 8));
+    int64_t n = 0;
+    for (int64_t i = 0; i < size; ++i) {
+      cand[n] = r[i];
+      n += (r[i] >> (kWidth - 8)) == static_cast<key_t>(digit);
+    }
+    for (int shift = kWidth - 16; shift >= 0; shift -= 8) {
       hist.fill(0);
-      const int high = shift + 8;  // the bits above this digit must match prefix's
-      for (int64_t i = 0; i < size; ++i) {
-        if (high == kWidth || ((r[i] ^ prefix) >> high) == 0) {
-          ++hist[(r[i] >> shift) & 0xFF];
-        }
+      for (int64_t i = 0; i < n; ++i) {
+        ++hist[(cand[i] >> shift) & 0xFF];
       }
-      int digit = 0;
-      while (*rank > hist[digit]) {
-        *rank -= hist[digit++];
-      }
+      digit = take_digit(hist, rank);
       prefix = static_cast<key_t>(prefix | (static_cast<key_t>(digit) << shift));
+      int64_t m = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        cand[m] = cand[i];
+        m += ((cand[i] >> shift) & 0xFF) == static_cast<key_t>(digit);
+      }
+      n = m;
     }
     return prefix;
+  }
+
+  // The bin that holds the rank-th smallest; rank becomes its rank in it.
+  static int take_digit(const std::array<int64_t, 256>& hist, int64_t* rank) {
+    int digit = 0;
+    while (*rank > hist[digit]) {
+      *rank -= hist[digit++];
+    }
+    return digit;
   }
 
   GroupProblem& g_;
