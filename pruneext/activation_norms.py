@@ -59,11 +59,11 @@ class ActivationNorms:
         import torch.distributed as dist
 
         for module in self.modules:
-            dist.all_reduce(self._sums[self._key(module)], group=group)
+            dist.all_reduce(self._sum(module), group=group)
 
     def norm(self, module):
         """||X|| per input feature of `module` (float32, in_features)."""
-        return self._sums[self._key(module)].sqrt()
+        return self._sum(module).sqrt()
 
     def scores(self, module, name="weight"):
         """|W| x ||X|| for module.<name> (a pruned one: its `_orig`), float32,
@@ -79,7 +79,8 @@ class ActivationNorms:
             return DTensor.from_local(part, weight.device_mesh, weight.placements, shape=weight.shape, stride=weight.stride())
         return part
 
-    def _key(self, module):
+    def _sum(self, module):
+        """The recorded sum of squares of module's input, per input feature."""
         if module not in self._sums:
             raise KeyError(f"ActivationNorms: no input recorded for {type(module).__name__} (run the model inside the with block)")
-        return module
+        return self._sums[module]

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from . import distributed, lean_masks, select_loop, selection
-from .methods import check_n_m
+from .methods import _rows, check_n_m
 from ._dtensor import DTensor, is_dtensor
 from ._dtensor import local as _local  # what is pruned in place: a DTensor's shard (FSDP2 all-gathers from it)
 from .backends.contract import KEY_BITS
@@ -351,8 +351,8 @@ class MagnitudePruner:
             todo = range(round(sparsity * len(self.params)))
         for j in todo:
             weight = _local(self.params[j]).detach()
-            rows = weight.shape[0] if weight.dim() >= 2 else 1
-            length = weight.numel() // rows if rows else 1
+            _, length = _rows(weight)
+            length = max(length, 1)  # (an empty shard: groups of 1, none of them)
             if self._grouped == "row":
                 size, k = length, round(sparsity * length)
             else:

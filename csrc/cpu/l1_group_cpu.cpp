@@ -85,22 +85,26 @@ class GroupSelect {
     return alive ? static_cast<key_t>(Traits::key(raw_[e]) + 1) : key_t(0);
   }
 
-  // An entry is selected when fewer than k entries rank before it.
-  template <int M>
-  void select_small(int64_t group) {
-    const int64_t base = group * M;
-    const int64_t k = k_of(group);
-    key_t r[M];
-    for (int i = 0; i < M; ++i) {
+  // An entry is selected when fewer than k entries rank before it. Size:
+  // int for the unrolled sizes (a constant once inlined), int64_t otherwise.
+  template <typename Size>
+  void rank_group(int64_t base, int64_t k, key_t* r, Size size) {
+    for (Size i = 0; i < size; ++i) {
       r[i] = rank_key(base + i);
     }
-    for (int i = 0; i < M; ++i) {
-      int before = 0;
-      for (int j = 0; j < M; ++j) {
+    for (Size i = 0; i < size; ++i) {
+      Size before = 0;
+      for (Size j = 0; j < size; ++j) {
         before += (r[j] < r[i]) | ((r[j] == r[i]) & (j < i));
       }
       write(base + i, r[i], before < k);
     }
+  }
+
+  template <int M>
+  void select_small(int64_t group) {
+    key_t r[M];
+    rank_group(group * M, k_of(group), r, M);
   }
 
   void select_group(int64_t group, key_t* r, key_t* cand) {
@@ -108,16 +112,7 @@ class GroupSelect {
     const int64_t base = group * size;
     const int64_t k = k_of(group);
     if (size <= kRankedGroup) {
-      for (int64_t i = 0; i < size; ++i) {
-        r[i] = rank_key(base + i);
-      }
-      for (int64_t i = 0; i < size; ++i) {
-        int64_t before = 0;
-        for (int64_t j = 0; j < size; ++j) {
-          before += (r[j] < r[i]) | ((r[j] == r[i]) & (j < i));
-        }
-        write(base + i, r[i], before < k);
-      }
+      rank_group(base, k, r, size);
       return;
     }
     int64_t rank = k;  // of the threshold among the entries that share its prefix
