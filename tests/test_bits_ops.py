@@ -171,19 +171,27 @@ def test_apply_matches_reference(bit_backend, dtype):
         assert torch.equal(got.cpu().view(torch.uint8), w.view(torch.uint8))
 
 
-def test_prune_large_single_tensor(bit_backend):
-    """A tensor of several blocks per thread or program, with one partial
-    budget deep inside it: tie ranks cross block boundaries."""
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("tie", [0.5, float("nan")])
+def test_prune_large_single_tensor(bit_backend, dtype, tie):
+    """A tensor of several blocks per thread or program, with partial
+    budgets deep inside it: tie ranks cross block boundaries (the C++
+    kernel's items are 2^18 entries, each counts its own ties first; a
+    budget of 80,000 of the ties at 0.5, about 67,000 in the first item,
+    runs out in the second). Ties at NaN's key too (every 7th entry)."""
     ops, device = bit_backend
-    w = quantized(300_001, 3, torch.float32, seed=11)
+    w = quantized(300_001, 3, dtype, seed=11)
+    if tie != tie:
+        w[::7] = float("nan")
     bits = random_bits(w.numel(), 0.9, seed=12)
-    threshold = int(ref.magnitude_key(torch.tensor([0.5]))[0])
-    want_w, want_b = w.clone(), bits.clone()
-    want = ref.bits_prune([want_w], [want_b], threshold, [20_000])
-    w, bits = w.to(device), bits.to(device)
-    got = ops.prune([w], [bits], threshold, [20_000])
-    assert got.cpu().tolist() == want.tolist()
-    assert torch.equal(bits.cpu(), want_b) and torch.equal(w.cpu(), want_w)
+    threshold = int(ref.magnitude_key(torch.tensor([tie], dtype=dtype))[0])
+    for budget in (20_000, 80_000) if tie == tie else (10_000, 40_000):
+        want_w, want_b = w.clone(), bits.clone()
+        want = ref.bits_prune([want_w], [want_b], threshold, [budget])
+        got_w, got_b = w.clone().to(device), bits.clone().to(device)  # (w itself stays unpruned)
+        got = ops.prune([got_w], [got_b], threshold, [budget])
+        assert got.cpu().tolist() == want.tolist(), budget
+        assert torch.equal(got_b.cpu(), want_b) and torch.equal(got_w.cpu().view(torch.uint8), want_w.view(torch.uint8))
 
 
 def test_errors(bit_backend):
@@ -283,7 +291,7 @@ def test_cpu_portable_paths_match_reference():
         "            assert torch.equal(got, want) and all(map(torch.equal, bits, want_b)), (dtype, threshold)\n"
         "            assert all(torch.equal(a.view(torch.uint8), b.view(torch.uint8)) for a, b in zip(ws, want_w))\n"
         "from test_ops import _window_edges, oracle\n"
-        "for dtype in (torch.float32, torch.float64):\n"
+        "for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):\n"
         "    x = _window_edges(dtype, 3 << 18, seed=12)\n"
         "    parts = [x[: 1 << 18], x[1 << 18 :]]\n"
         "    for k in (x.numel() // 7, x.numel() - x.numel() // 60):\n"

@@ -167,11 +167,12 @@ LARGE_BACKENDS = [b for b in ("cpu", "cuda") if b in pruneext.available_backends
 
 
 @pytest.mark.parametrize("backend", LARGE_BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 @pytest.mark.parametrize("among_alive", [False, True])
 def test_large_tensors_sampled_window(backend, dtype, among_alive):
-    # Past 2^18 entries the CPU kernel guesses the first digit from a sample
-    # and keeps its candidates during the first pass.
+    # Past 2^18 entries the CPU kernel guesses a window of keys from a
+    # sample and keeps its candidates during the first pass (16-bit keys
+    # too, though their one digit needs no later pass).
     device = "cuda" if backend == "cuda" else "cpu"
     x = torch.randn(1 << 20, generator=torch.Generator().manual_seed(8), dtype=dtype).to(device)
     mask = (torch.arange(1 << 20, device=device) % 3 != 0).to(dtype) if among_alive else None
@@ -199,21 +200,34 @@ def test_large_tensor_where_the_sample_misleads(backend):
             assert torch.equal(got.cpu(), oracle([x], k)[0]), k
 
 
+# Per float dtype: the integer of its width, the low bits below the C++
+# select's first digit (16-bit keys have one digit: a few low mantissa bits,
+# so that many keys sit on the sampled window's edges), and the NaN payload
+# bits.
+KEY_BITS = {
+    torch.float32: (torch.int32, 19, 20),
+    torch.float64: (torch.int64, 51, 20),
+    torch.float16: (torch.int16, 4, 9),
+    torch.bfloat16: (torch.int16, 3, 6),
+}
+
+
 def _window_edges(dtype, n, seed):
     """randn whose keys often sit exactly on a first-digit edge (the low bits
     of a quarter cleared, of an eighth set: a digit's first and last keys),
     with NaNs of random payloads, infinities and zeros of both signs."""
     g = torch.Generator().manual_seed(seed)
-    ints = {torch.float32: (torch.int32, 19), torch.float64: (torch.int64, 51)}[dtype]
-    bits = torch.randn(n, generator=g, dtype=torch.float64).to(dtype).view(ints[0])
-    low = (1 << ints[1]) - 1
+    ints, low_bits, payload_bits = KEY_BITS[dtype]
+    bits = torch.randn(n, generator=g, dtype=torch.float64).to(dtype).view(ints)
+    low = (1 << low_bits) - 1
     pick = torch.randint(0, 8, (n,), generator=g)
     bits = torch.where(pick < 2, bits & ~low, torch.where(pick == 2, bits | low, bits))
     x = bits.view(dtype).clone()
     specials = torch.randint(0, n, (n // 50,), generator=g)
-    payload = torch.randint(1, 1 << 20, (specials.numel(),), generator=g).to(ints[0])
-    nan_bits = torch.tensor(float("nan"), dtype=dtype).view(ints[0]) | payload  # (the sign bit too, sometimes)
-    x.view(ints[0])[specials[: specials.numel() // 2]] = nan_bits[: specials.numel() // 2]
+    payload = torch.randint(1, 1 << payload_bits, (specials.numel(),), generator=g).to(ints)
+    payload[::2] |= torch.iinfo(ints).min  # the sign bit of half of them
+    nan_bits = torch.tensor(float("nan"), dtype=dtype).view(ints) | payload
+    x.view(ints)[specials[: specials.numel() // 2]] = nan_bits[: specials.numel() // 2]
     x[specials[specials.numel() // 2 :: 3]] = float("inf")
     x[specials[specials.numel() // 2 + 1 :: 3]] = -float("inf")
     x[specials[specials.numel() // 2 + 2 :: 3]] = -0.0
@@ -221,7 +235,7 @@ def _window_edges(dtype, n, seed):
 
 
 @pytest.mark.skipif("cpu" not in pruneext.available_backends(), reason="the C++ backend was not built")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_cpu_window_pass_on_digit_edges(dtype):
     """The C++ select's first pass where no default mask filters: it counts
     the keys below the sampled window and copies out those in it (vector
@@ -239,10 +253,10 @@ def test_cpu_window_pass_on_digit_edges(dtype):
 def _keyed_threshold(tensors, k):
     """[T, below, equal] of the k-th smallest magnitude key by numpy: the
     bits of |x| (NaN as the largest key), sorted."""
-    ints = {torch.float32: np.int32, torch.float64: np.int64}[tensors[0].dtype]
-    mags = np.concatenate([t.abs().reshape(-1).numpy() for t in tensors])
-    keys = mags.view(ints).astype(np.int64)
-    keys[np.isnan(mags)] = np.iinfo(ints).max
+    ints = KEY_BITS[tensors[0].dtype][0]
+    top = torch.iinfo(ints).max  # the sign bit's complement: |x|'s bits, and NaN's key
+    keys = torch.cat([t.reshape(-1).view(ints) for t in tensors]).numpy().astype(np.int64) & top
+    keys[torch.cat([t.reshape(-1).isnan() for t in tensors]).numpy()] = top
     t = np.sort(keys)[k - 1]
     return [int(t), int((keys < t).sum()), int((keys == t).sum())]
 
@@ -267,7 +281,7 @@ def _window_cases(dtype, n, seed):
 
 
 @pytest.mark.skipif("cpu" not in pruneext.available_backends(), reason="the C++ backend was not built")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_cpu_key_window_corners(dtype):
     """The C++ select's sampled window is a range of keys (two sampled keys)
     and its radix goes on below their common high bits: masks and

@@ -146,19 +146,40 @@ __attribute__((target("avx512f,avx512bw"))) void apply_bytes_avx512(
 #endif
 
 #ifdef PRUNEEXT_AVX512
-// Prune's pass over whole bytes [first, end) where no tie is ranked: 16, 32
-// or 8 entries a vector for 4-, 2- and 8-byte entries; the sign-cleared
-// bits against `cut` (key < cut, or key <= cut where `inclusive`) give the
-// lanes to prune, those alive get a masked store of +0 and their bits
-// cleared. Returns how many it pruned. The caller folds NaN: no cut lies
-// strictly between +inf's key and NaN's, so the raw sign-cleared bits of a
-// NaN compare as its key does.
+// The mask bytes of one vector of entries: 16, 32 or 8 entries for 4-, 2-
+// and 8-byte entries.
+template <typename raw_t>
+using VectorBits = std::conditional_t<sizeof(raw_t) == 8, uint8_t, std::conditional_t<sizeof(raw_t) == 4, uint16_t, uint32_t>>;
+
+// The lanes of the vector at e whose sign-cleared bits compare to c as kCmp
+// (an _MM_CMPINT_ predicate, unsigned).
+template <typename raw_t, int kCmp>
+__attribute__((target("avx512f,avx512bw"))) inline VectorBits<raw_t> compare_abs(const raw_t* e, raw_t c) {
+  const __m512i v = _mm512_loadu_si512(e);
+  if constexpr (sizeof(raw_t) == 4) {
+    const __m512i key = _mm512_and_si512(v, _mm512_set1_epi32(0x7FFFFFFF));
+    return _mm512_cmp_epu32_mask(key, _mm512_set1_epi32(static_cast<int32_t>(c)), kCmp);
+  } else if constexpr (sizeof(raw_t) == 2) {
+    const __m512i key = _mm512_and_si512(v, _mm512_set1_epi16(0x7FFF));
+    return _mm512_cmp_epu16_mask(key, _mm512_set1_epi16(static_cast<int16_t>(c)), kCmp);
+  } else {
+    const __m512i key = _mm512_and_si512(v, _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll));
+    return _mm512_cmp_epu64_mask(key, _mm512_set1_epi64(static_cast<int64_t>(c)), kCmp);
+  }
+}
+
+// Prune's pass over whole bytes [first, end) where no tie is ranked, a
+// vector at a time: the sign-cleared bits against `cut` (key < cut, or key
+// <= cut where `inclusive`) give the lanes to prune, those alive get a
+// masked store of +0 and their bits cleared. Returns how many it pruned.
+// The caller folds NaN: no cut lies strictly between +inf's key and NaN's,
+// so the raw sign-cleared bits of a NaN compare as its key does. Stops
+// before the last bytes that do not fill a vector.
 template <typename raw_t>
 __attribute__((target("avx512f,avx512bw"))) int64_t prune_bytes_avx512(
     raw_t* t, uint8_t* m, int64_t first, int64_t end, raw_t cut, bool inclusive) {
-  constexpr int kLanes = 64 / sizeof(raw_t);  // entries per vector
-  constexpr int kBytes = kLanes / 8;          // mask bytes per vector
-  using mask_t = std::conditional_t<kBytes == 1, uint8_t, std::conditional_t<kBytes == 2, uint16_t, uint32_t>>;
+  using mask_t = VectorBits<raw_t>;
+  constexpr int kBytes = sizeof(mask_t);
   const __m512i zero = _mm512_setzero_si512();
   int64_t pruned = 0;
   for (int64_t b = first; b + kBytes <= end; b += kBytes) {
@@ -168,21 +189,7 @@ __attribute__((target("avx512f,avx512bw"))) int64_t prune_bytes_avx512(
       continue;
     }
     raw_t* e = t + 8 * b;
-    const __m512i v = _mm512_loadu_si512(e);
-    mask_t below;
-    if constexpr (sizeof(raw_t) == 4) {
-      const __m512i key = _mm512_and_si512(v, _mm512_set1_epi32(0x7FFFFFFF));
-      const __m512i c = _mm512_set1_epi32(static_cast<int32_t>(cut));
-      below = inclusive ? _mm512_cmple_epu32_mask(key, c) : _mm512_cmplt_epu32_mask(key, c);
-    } else if constexpr (sizeof(raw_t) == 2) {
-      const __m512i key = _mm512_and_si512(v, _mm512_set1_epi16(0x7FFF));
-      const __m512i c = _mm512_set1_epi16(static_cast<int16_t>(cut));
-      below = inclusive ? _mm512_cmple_epu16_mask(key, c) : _mm512_cmplt_epu16_mask(key, c);
-    } else {
-      const __m512i key = _mm512_and_si512(v, _mm512_set1_epi64(0x7FFFFFFFFFFFFFFFll));
-      const __m512i c = _mm512_set1_epi64(static_cast<int64_t>(cut));
-      below = inclusive ? _mm512_cmple_epu64_mask(key, c) : _mm512_cmplt_epu64_mask(key, c);
-    }
+    const mask_t below = inclusive ? compare_abs<raw_t, _MM_CMPINT_LE>(e, cut) : compare_abs<raw_t, _MM_CMPINT_LT>(e, cut);
     const mask_t gone = static_cast<mask_t>(below & alive);
     if (gone == 0) {
       continue;
@@ -199,6 +206,31 @@ __attribute__((target("avx512f,avx512bw"))) int64_t prune_bytes_avx512(
     pruned += __builtin_popcount(static_cast<unsigned>(gone));
   }
   return pruned;
+}
+
+// The alive entries of whole bytes [first, end) whose key is the threshold
+// (a NaN's where `nan`: sign-cleared bits above +inf's), a vector at a
+// time; sets `stop` to the first byte it left. A tensor whose tie budget
+// is partial is counted so before it is pruned: with 16-bit keys, whose
+// thresholds nearly always tie across tensors, the scalar count was a
+// full read at an entry a cycle (issue 26).
+template <typename raw_t>
+__attribute__((target("avx512f,avx512bw"))) int64_t count_ties_avx512(
+    const raw_t* t, const uint8_t* m, int64_t first, int64_t end, raw_t threshold, raw_t inf, bool nan,
+    int64_t& stop) {
+  using mask_t = VectorBits<raw_t>;
+  constexpr int kBytes = sizeof(mask_t);
+  int64_t count = 0;
+  int64_t b = first;
+  for (; b + kBytes <= end; b += kBytes) {
+    mask_t alive;
+    std::memcpy(&alive, m + b, kBytes);
+    const raw_t* e = t + 8 * b;
+    const mask_t equal = nan ? compare_abs<raw_t, _MM_CMPINT_NLE>(e, inf) : compare_abs<raw_t, _MM_CMPINT_EQ>(e, threshold);
+    count += __builtin_popcount(static_cast<unsigned>(equal & alive));
+  }
+  stop = b;
+  return count;
 }
 #endif
 
@@ -221,7 +253,15 @@ struct BitPrune {
     const uint8_t* m = bits[it.job].data_ptr<uint8_t>();
     const int64_t n = weights[it.job].numel();
     int64_t count = 0;
-    for (int64_t byte = it.first_byte; byte < it.end_byte; ++byte) {
+    int64_t first = it.first_byte;
+#ifdef PRUNEEXT_AVX512
+    const int64_t full_end = std::min(it.end_byte, n / 8);  // bytes of 8 entries
+    if (use_avx512() && first < full_end) {
+      count = count_ties_avx512<key_t>(w, m, first, full_end, static_cast<key_t>(threshold), Traits::kInf,
+                                       threshold == Traits::kNaN, first);
+    }
+#endif
+    for (int64_t byte = first; byte < it.end_byte; ++byte) {
       const unsigned alive = m[byte];
       const int width = entries_in_byte(byte, n);
       for (int b = 0; b < width; ++b) {

@@ -189,8 +189,13 @@ class CpuSelect {
     int shift = Plan::kFirstShift;
     // A sample guesses which keys can be the k-th, so the first pass also
     // keeps those keys and no second full read is needed when the guess
-    // holds (it nearly always does).
-    window_ = shift > 0 ? guess_window() : Window{};
+    // holds (it nearly always does). 16-bit keys have one digit, which the
+    // first pass resolves, but the window still pays: unfiltered, its pass
+    // is a vector compare where the 2^15-bin histogram is a scattered add
+    // per entry, and either way the ties are counted on the candidates,
+    // not in one more full read (2.3-2.6x float32's time per byte without
+    // it, issue 26).
+    window_ = guess_window();
     if (window_.collect && !filtered()) {
       // Every entry is alive: the first pass need only count the keys
       // below the window and copy those in it out. Every candidate shares
@@ -272,8 +277,12 @@ class CpuSelect {
 
   // Evenly spaced sample of the alive keys: the k-th key is within a few
   // standard deviations of the sample's k/n quantile. No window (a plain
-  // first pass) when its digits would keep over an eighth of the entries
-  // (heavy ties) or the tensor is small.
+  // first pass) when it would keep over an eighth of the entries (heavy
+  // ties) or the tensor is small. What it keeps: the keys in [lo_key,
+  // hi_key] where no mask filters (window_pass), their whole first digits
+  // where one does. (Judging the unfiltered window by its digits refused
+  // it for float64, whose 12-bit first digit is an eighth of an octave:
+  // a full histogram and a compaction pass, 4x float32's time, issue 26.)
   Window guess_window() const {
     if (n_total_ < (int64_t(1) << 18)) {
       return {};
@@ -325,7 +334,7 @@ class CpuSelect {
           static_cast<uint64_t>(w.hi - w.lo);
       in_keys += static_cast<key_t>(key - w.lo_key) <= w.span;
     }
-    if (in_digits * 8 > m) {
+    if ((filtered() ? in_digits : in_keys) * 8 > m) {
       return {};
     }
     w.collect = true;
@@ -633,17 +642,37 @@ class CpuSelect {
   }
 
 #ifdef PRUNEEXT_AVX512
-  // window_pass's loop, a vector of 16 (fp32) or 8 (fp64) keys at a time:
+  // window_pass's loop, a vector of 16 (fp32, 16-bit) or 8 (fp64) keys at a time:
   // the keys (NaN folded to its key), a compare with lo and one with the
   // span for the count and the candidates, which a register compress packs
   // for one full-width store (the buffer keeps a vector's room past `kept`).
   // Returns where it stopped (the rest: the scalar loop).
   __attribute__((target("avx512f"))) static int64_t window_avx512(
       const key_t* raw, int64_t n, key_t lo, key_t span, std::vector<key_t>& c, size_t& kept, int64_t& below) {
-    constexpr int kLanes = 64 / sizeof(key_t);
+    constexpr int kLanes = sizeof(key_t) == 2 ? 16 : 64 / sizeof(key_t);  // (16-bit: widened)
     int64_t i = 0;
     int64_t count = 0;
-    if constexpr (sizeof(key_t) == 4) {
+    if constexpr (sizeof(key_t) == 2) {
+      // 16 keys widened to 32-bit lanes (AVX-512 F has no 16-bit compress),
+      // narrowed back for the store; key - lo wraps above span as in 16 bits
+      const __m512i abs = _mm512_set1_epi32(Traits::kAbsMask);
+      const __m512i inf = _mm512_set1_epi32(Traits::kInf);
+      const __m512i lov = _mm512_set1_epi32(lo);
+      const __m512i spanv = _mm512_set1_epi32(span);
+      for (; i + kLanes <= n; i += kLanes) {
+        __m512i key = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(raw + i)));
+        key = _mm512_and_si512(key, abs);
+        key = _mm512_mask_mov_epi32(key, _mm512_cmpgt_epu32_mask(key, inf), abs);
+        count += __builtin_popcount(_mm512_cmplt_epu32_mask(key, lov));
+        const __mmask16 in = _mm512_cmple_epu32_mask(_mm512_sub_epi32(key, lov), spanv);
+        if (kept + kLanes > c.size()) {
+          c.resize(2 * c.size() + kLanes);
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(c.data() + kept),
+                            _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(in, key)));
+        kept += __builtin_popcount(in);
+      }
+    } else if constexpr (sizeof(key_t) == 4) {
       const __m512i abs = _mm512_set1_epi32(static_cast<int32_t>(Traits::kAbsMask));
       const __m512i inf = _mm512_set1_epi32(static_cast<int32_t>(Traits::kInf));
       const __m512i lov = _mm512_set1_epi32(static_cast<int32_t>(lo));
