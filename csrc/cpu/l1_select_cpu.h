@@ -407,8 +407,8 @@ class CpuSelect {
 
   // out = 0 where selected, else the previous mask (or 1). An item that
   // zeroes none of its ties selects key < threshold, one that zeroes all of
-  // them key <= threshold: branch-free loops. Only the item where the ties
-  // are cut walks its entries in order.
+  // them key <= threshold: branch-free loops. The item where the ties are
+  // cut is both, split just past its share-th tie.
   void write(key_t threshold, const Ties& ties) {
     with_values([&](auto tag) {
       using value_t = typename decltype(tag)::type;
@@ -416,12 +416,15 @@ class CpuSelect {
         for (int64_t idx = b; idx < e; ++idx) {
           const int64_t share = ties.share.empty() ? 0 : ties.share[idx];
           const int64_t equal = ties.equal.empty() ? 0 : ties.equal[idx];
+          const Item& it = items_[idx];
           if (share == 0) {
-            write_item<false, value_t>(idx, threshold);
+            write_item<false, value_t>(idx, threshold, it.begin, it.end);
           } else if (share == equal) {
-            write_item<true, value_t>(idx, threshold);
+            write_item<true, value_t>(idx, threshold, it.begin, it.end);
           } else {
-            write_item_cut<value_t>(idx, threshold, share);
+            const int64_t cut = past_tie(idx, threshold, share);
+            write_item<true, value_t>(idx, threshold, it.begin, cut);
+            write_item<false, value_t>(idx, threshold, cut, it.end);
           }
         }
       });
@@ -735,23 +738,29 @@ class CpuSelect {
 
   // Alive entries of item `idx` whose key equals the threshold.
   int64_t count_equal(int64_t idx, key_t threshold) const {
-    int64_t n = 0;
     if (compacted_) {
+      int64_t n = 0;
       for (const key_t key : cands_[idx]) {
         n += key == threshold;
       }
       return n;
     }
     const Item& it = items_[idx];
-    const key_t* raw = raw_[it.job];
-    const mask_t* alive = alive_[it.job];
+    return count_equal_in(it.job, threshold, it.begin, it.end);
+  }
+
+  // Alive entries [begin, end) of a job whose key equals the threshold.
+  int64_t count_equal_in(int64_t job, key_t threshold, int64_t begin, int64_t end) const {
+    const key_t* raw = raw_[job];
+    const mask_t* alive = alive_[job];
+    int64_t n = 0;
     if (alive == nullptr) {  // a plain reduction the compiler vectorises
-      for (int64_t i = it.begin; i < it.end; ++i) {
+      for (int64_t i = begin; i < end; ++i) {
         n += Traits::key(raw[i]) == threshold;
       }
     } else {
       const mask_t one = one_;
-      for (int64_t i = it.begin; i < it.end; ++i) {
+      for (int64_t i = begin; i < end; ++i) {
         n += (Traits::key(raw[i]) == threshold) & (alive[i] == one);
       }
     }
@@ -803,8 +812,9 @@ class CpuSelect {
   // out = 0 where selected, else the default mask (or 1); with values,
   // vout = m * v where m is that mask entry as value_t (a default mask then
   // has values' width: attach_values), the product torch's apply_mask takes.
+  // Entries [begin, end) of item idx.
   template <bool kInclusive, typename value_t>
-  void write_item(int64_t idx, key_t threshold) {
+  void write_item(int64_t idx, key_t threshold, int64_t begin, int64_t end) {
     constexpr bool kValues = !std::is_same_v<value_t, NoValues>;
     using vbits_t = ValueBits<value_t>;
     const Item& it = items_[idx];
@@ -832,7 +842,7 @@ class CpuSelect {
       if constexpr (kValues) {
         vone = bits_of_one<value_t>();
       }
-      for (int64_t i = it.begin; i < it.end; ++i) {
+      for (int64_t i = begin; i < end; ++i) {
         const bool selected = below(i);
         out[i] = one & keep(selected);
         if constexpr (kValues) {
@@ -845,7 +855,7 @@ class CpuSelect {
       if constexpr (kValues) {
         vone = bits_of_one<value_t>();
       }
-      for (int64_t i = it.begin; i < it.end; ++i) {
+      for (int64_t i = begin; i < end; ++i) {
         const mask_t m = prev[i] & keep(below(i));
         out[i] = m;
         if constexpr (kValues) {
@@ -857,7 +867,7 @@ class CpuSelect {
       if constexpr (kValues) {
         vone = bits_of_one<value_t>();
       }
-      for (int64_t i = it.begin; i < it.end; ++i) {
+      for (int64_t i = begin; i < end; ++i) {
         const mask_t m = prev[i] & keep(below(i) & (alive[i] == one));
         out[i] = m;
         if constexpr (kValues) {
@@ -867,37 +877,32 @@ class CpuSelect {
     }
   }
 
-  // The mask entry as value_t's bits (see write_item).
-  template <typename value_t>
-  static ValueBits<value_t> value_bits_of(mask_t m, bool from_prev, ValueBits<value_t> vone) {
-    return from_prev ? static_cast<ValueBits<value_t>>(m) : (m != 0 ? vone : ValueBits<value_t>(0));
-  }
-
-  template <typename value_t>
-  void write_item_cut(int64_t idx, key_t threshold, int64_t share) {
-    constexpr bool kValues = !std::is_same_v<value_t, NoValues>;
+  // The index just past item idx's share-th alive entry equal to the
+  // threshold (0 < share < its ties). Counted a block at a time by
+  // count_equal_in's branch-free loops; only the block holding that tie is
+  // walked. (The whole item walked in order, a branch per entry, was most
+  // of the 16-bit writes: their thresholds nearly always cut ties.)
+  int64_t past_tie(int64_t idx, key_t threshold, int64_t share) const {
+    constexpr int64_t kBlock = 512;
     const Item& it = items_[idx];
-    const auto [raw, alive, prev, out] = pointers(it.job);
-    const auto [v, vout] = value_pointers<value_t>(it.job);
-    ValueBits<value_t> vone = 0;
-    if constexpr (kValues) {
-      vone = bits_of_one<value_t>();
-    }
-    const mask_t one = one_, zero = 0;
-    for (int64_t i = it.begin; i < it.end; ++i) {
-      const key_t key = Traits::key(raw[i]);
-      const bool live = alive == nullptr || alive[i] == one;
-      bool selected = live && key < threshold;
-      if (share > 0 && live && key == threshold) {
-        selected = true;
-        --share;
+    const key_t* raw = raw_[it.job];
+    const mask_t* alive = alive_[it.job];
+    const mask_t one = one_;
+    for (int64_t b = it.begin; b < it.end; b += kBlock) {
+      const int64_t e = std::min(it.end, b + kBlock);
+      const int64_t n = count_equal_in(it.job, threshold, b, e);
+      if (n < share) {
+        share -= n;
+        continue;
       }
-      const mask_t m = selected ? zero : (prev != nullptr ? prev[i] : one);
-      out[i] = m;
-      if constexpr (kValues) {
-        vout[i] = masked_value<value_t>(value_bits_of<value_t>(m, prev != nullptr, vone), vone, v[i]);
+      for (int64_t i = b; i < e; ++i) {
+        share -= (Traits::key(raw[i]) == threshold) & (alive == nullptr || alive[i] == one);
+        if (share == 0) {
+          return i + 1;
+        }
       }
     }
+    TORCH_INTERNAL_ASSERT(false, "pruneext: an item holds fewer ties than its share");
   }
 
   int64_t k_;
