@@ -1,5 +1,5 @@
 """The CPU mask op's slow corners: every dtype x every variant, each cell as
-a ratio to a copy of the same bytes timed in the same run (issue 26).
+a ratio to a torch pass over the same bytes timed in the same run (issue 26).
 
     python -m benchmarks.cpu_matrix [--sizes 20,24] [--reps 7] [--json out.json]
                                     [--dtypes float32,bfloat16,float16,float64]
@@ -14,17 +14,23 @@ Variants (the `cpu` backend, amount 0.5 unless said):
   bits      the lean pruner's update: MagnitudePruner over 8 weights of
             n / 8 entries from 0 to 50 % (threshold select + l1_bits_prune
             in place, no fresh output)
-and the yardsticks: `clone()` (fresh memory: page faults, as the fresh
-outputs of mask / values take) and `copy_()` into an existing tensor.
 
 Each cell is the median over --reps runs (after one warm-up call) divided
-by the median copy_ of x into an existing tensor in the same run: time per
-byte moved. (A clone's time swings with its page faults, which land on some
-runs and not others; it is recorded beside.) A row (one variant and size)
-is then compared across dtypes: its slowest cell over its fastest is
-printed as "spread", the figure issue 26 bounds by 1.3; "f16/bf16" is the
-float16 time over the bfloat16 one (the same key width, the same passes:
-they should take the same time). The machine's THP settings and PRUNEEXT_*
+by the median of its yardstick, a torch pass that writes the same bytes the
+same way, timed pair by pair with it (each rep runs the cell, then the
+yardstick): `clone()` of x for mask and alive (one fresh output of x's
+size: the page faults it takes), two clones for values, the clones of the 8
+parts for global (outputs of the same sizes: whether glibc maps a fresh
+allocation or reuses its heap depends on the size), and for bits, which
+writes in place, a `copy_()` of x into an existing tensor. (A copy_ alone
+would flatter the fresh outputs: their page faults cost a 64 MB float32
+tensor more than its copy, and a 32 MB 16-bit copy_ runs partly in a 32 MB
+L3. Paired, the costs that drift within a process land on both alike.)
+A row (one variant and size) is then compared across dtypes: its slowest
+cell over its fastest is printed as "spread", the figure issue 26 bounds by
+1.3; "f16/bf16" is the float16
+time over the bfloat16 one (the same key width, the same passes: they
+should take the same time). The machine's THP settings and PRUNEEXT_*
 switches are recorded with it.
 """
 import argparse
@@ -41,20 +47,28 @@ from . import machine
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 VARIANTS = ("mask", "values", "alive", "global", "bits")
+GLOBAL_PARTS = 8
 ops = torch.ops.pruneext
 
 
-def median_s(call, reps, setup=lambda: None):
-    """Median seconds of call(setup()) over reps runs, after one warm-up."""
+def paired_median_s(call, yardstick, reps, setup=lambda: None):
+    """Median seconds of call(setup()) and of yardstick() over reps pairs,
+    each pair run back to back after one warm-up of both: the page-fault
+    and allocator costs that drift within a process land on both alike."""
     call(setup())
-    times = []
+    yardstick()
+    times, yard_times = [], []
     for _ in range(reps):
         state = setup()
         t0 = time.perf_counter()
         out = call(state)
         times.append(time.perf_counter() - t0)
         del out, state
-    return statistics.median(times)
+        t0 = time.perf_counter()
+        out = yardstick()
+        yard_times.append(time.perf_counter() - t0)
+        del out
+    return statistics.median(times), statistics.median(yard_times)
 
 
 def thp_settings():
@@ -69,18 +83,20 @@ def thp_settings():
     return found
 
 
-def cell_seconds(variant, x, reps):
+def cell(variant, x):
+    """(call, setup) of a variant on x: call(setup()) is what is timed."""
     n = x.numel()
+    none = lambda: None  # noqa: E731
     if variant == "mask":
-        return median_s(lambda _: ops.l1_mask(x, n // 2), reps)
+        return (lambda _: ops.l1_mask(x, n // 2)), none
     if variant == "values":
-        return median_s(lambda out: ops.l1_mask(x, n // 2, None, False, None, out), reps, lambda: torch.empty_like(x))
+        return (lambda out: ops.l1_mask(x, n // 2, None, False, None, out)), (lambda: torch.empty_like(x))
     if variant == "alive":
         alive = (torch.arange(n) % 2).to(x.dtype)
-        return median_s(lambda _: ops.l1_mask(x, n // 4, alive, True), reps)
+        return (lambda _: ops.l1_mask(x, n // 4, alive, True)), none
     if variant == "global":
-        parts = list(x.view(8, -1).unbind(0))
-        return median_s(lambda _: ops.l1_mask_global(parts, n // 2, [None] * 8), reps)
+        parts = list(x.view(GLOBAL_PARTS, -1).unbind(0))
+        return (lambda _: ops.l1_mask_global(parts, n // 2, [None] * GLOBAL_PARTS)), none
     if variant == "bits":
         layers = nn.ModuleList(nn.Linear(n // 8 // 64, 64, bias=False) for _ in range(8)).to(x.dtype)
         originals = [x.view(8, -1)[j].view_as(m.weight).clone() for j, m in enumerate(layers)]
@@ -91,8 +107,22 @@ def cell_seconds(variant, x, reps):
                     m.weight.copy_(o)
             return pruneext.MagnitudePruner(layers, lambda step: 0.0 if step == 0 else 0.5)
 
-        return median_s(lambda p: p.step(), reps, fresh)
+        return (lambda p: p.step()), fresh
     raise ValueError(variant)
+
+
+def yardstick(variant, x):
+    """(name, call) of the torch pass that writes a variant's bytes the way
+    it does: fresh tensors of its outputs' sizes, or in place."""
+    if variant == "values":
+        return "2 clones", lambda: (x.clone(), x.clone())
+    if variant == "global":
+        parts = x.view(GLOBAL_PARTS, -1).unbind(0)
+        return f"{GLOBAL_PARTS} part clones", lambda: [p.clone() for p in parts]
+    if variant == "bits":
+        dst = torch.empty_like(x)
+        return "copy_", lambda: dst.copy_(x)
+    return "clone", x.clone
 
 
 def run(sizes, dtypes, reps):
@@ -102,13 +132,12 @@ def run(sizes, dtypes, reps):
         n = 1 << log2
         for name in dtypes:
             x = torch.randn(n, generator=torch.Generator().manual_seed(log2)).to(DTYPES[name])
-            clone_s = median_s(lambda _: x.clone(), max(reps, 7))
-            dst = torch.empty_like(x)
-            copy_s = median_s(lambda _: dst.copy_(x), max(reps, 7))
             for variant in VARIANTS:
-                seconds = cell_seconds(variant, x, reps)
-                rows.append(dict(log2=log2, dtype=name, variant=variant, seconds=seconds, clone_s=clone_s,
-                                 copy_s=copy_s, ratio=seconds / copy_s))
+                call, setup = cell(variant, x)
+                yard_name, yard = yardstick(variant, x)
+                seconds, yard_s = paired_median_s(call, yard, reps, setup)
+                rows.append(dict(log2=log2, dtype=name, variant=variant, seconds=seconds, yardstick=yard_name,
+                                 yardstick_s=yard_s, ratio=seconds / yard_s))
     return rows
 
 
@@ -124,21 +153,20 @@ def spreads(rows):
 
 def report(rows, dtypes):
     lines = []
+    table = spreads(rows)
     for log2 in sorted({r["log2"] for r in rows}):
-        lines.append(f"2^{log2} entries: cell = ms (x a copy_ of the same tensor)")
-        lines.append("  " + "variant".ljust(8) + "".join(d.rjust(18) for d in dtypes) + "   spread   f16/bf16")
-        table = spreads(rows)
+        lines.append(f"2^{log2} entries: cell = ms (x its yardstick, timed pair by pair with it)")
+        lines.append("  " + "variant".ljust(8) + "".join(d.rjust(18) for d in dtypes)
+                     + "   yardstick        spread   f16/bf16")
         for variant in VARIANTS:
             cells = {r["dtype"]: r for r in rows if r["log2"] == log2 and r["variant"] == variant}
-            text = "".join(f"{cells[d]['seconds'] * 1e3:9.1f} ({cells[d]['ratio']:4.2f}x)".rjust(18) for d in dtypes)
+            text = "".join(f"{cells[d]['seconds'] * 1e3:9.2f} ({cells[d]['ratio']:4.2f}x)".rjust(18) for d in dtypes)
             spread, slow, fast = table[(variant, log2)]
             pair = (f"{cells['float16']['seconds'] / cells['bfloat16']['seconds']:.2f}"
                     if "float16" in cells and "bfloat16" in cells else "-")
-            lines.append(f"  {variant.ljust(8)}{text}   {spread:.2f} ({slow} over {fast})   {pair}")
-        for kind in ("clone_s", "copy_s"):
-            cells = {r["dtype"]: r for r in rows if r["log2"] == log2 and r["variant"] == "mask"}
-            lines.append("  " + kind[:-2].ljust(8) + "".join(f"{cells[d][kind] * 1e3:9.1f}".rjust(18) for d in dtypes))
-    worst = max(spreads(rows).items(), key=lambda kv: kv[1][0])
+            yard = cells[dtypes[0]]["yardstick"]
+            lines.append(f"  {variant.ljust(8)}{text}   {yard.ljust(14)}   {spread:.2f} ({slow} over {fast})   {pair}")
+    worst = max(table.items(), key=lambda kv: kv[1][0])
     lines.append(f"worst spread: {worst[1][0]:.2f} ({worst[0][0]} at 2^{worst[0][1]}: {worst[1][1]} over {worst[1][2]})")
     return "\n".join(lines)
 

@@ -126,3 +126,27 @@ def test_scopes_benchmark_runs_and_checks_its_masks(tmp_path, capsys):
     assert [(r["shape"], r["dtype"], r["scope"]) for r in rows][:2] == [([8, 16], "float32", "row"), ([8, 16], "float32", "2:4")]
     assert len(rows) == 8 and all(r["pruneext_s"] > 0 and r["torch_s"] > 0 and r["copy_s"] > 0 for r in rows)
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_cpu_matrix_cells_over_their_yardsticks(tmp_path, capsys):
+    """benchmarks.cpu_matrix on a small size: a cell per dtype and variant,
+    each over its yardstick (clones of its fresh outputs' sizes, values: two
+    of x, global: its parts; for the in-place bits update, a copy_); the
+    spread of each row reported."""
+    if "cpu" not in pruneext.available_backends():
+        pytest.skip("pruneext._C is not built here")
+    import json
+
+    from benchmarks import cpu_matrix
+
+    out = tmp_path / "matrix.json"
+    cpu_matrix.main(["--sizes", "12", "--reps", "1", "--json", str(out)])
+    found = json.loads(out.read_text())
+    rows = found["rows"]
+    assert len(rows) == 4 * 5 and {r["variant"] for r in rows} == set(cpu_matrix.VARIANTS)
+    want = {"mask": "clone", "values": "2 clones", "alive": "clone", "global": "8 part clones", "bits": "copy_"}
+    for r in rows:
+        assert r["yardstick"] == want[r["variant"]] and r["ratio"] == r["seconds"] / r["yardstick_s"], r
+    assert set(found["spreads"]) == {f"{v}@2^12" for v in cpu_matrix.VARIANTS}
+    assert found["machine"]["thp"].keys() == {"enabled", "defrag"}
+    assert "worst spread" in capsys.readouterr().out
