@@ -60,8 +60,8 @@ def info():
         "pruneext_build_info": pruneext.build_info(),
         # (the CPU write's page faults depend on the last three and on THP)
         "env": {k: os.environ[k] for k in ("PRUNEEXT_BACKEND", "TRITON_INTERPRET", "OMP_NUM_THREADS",
-                                            "CUDA_VISIBLE_DEVICES", "PRUNEEXT_NO_AVX512", "PRUNEEXT_NO_HUGE_PAGES",
-                                            "THP_MEM_ALLOC_ENABLE") if k in os.environ},
+                                            "CUDA_VISIBLE_DEVICES", "PRUNEEXT_NO_AVX512", "PRUNEEXT_HUGE_PAGES",
+                                            "PRUNEEXT_NO_HUGE_PAGES", "THP_MEM_ALLOC_ENABLE") if k in os.environ},
         "transparent_hugepage": _transparent_hugepage(),
     }
 

@@ -1,13 +1,13 @@
 """The CPU mask writes ask Linux for transparent huge pages on their large
-outputs before the first write (csrc/cpu/huge_pages.h): a fresh output then
-takes 512 times fewer page faults -- where the advice cannot stall a fault
-on memory compaction: THP "always"/"madvise" with defrag "defer"/"never"
-(issue 26), or under PRUNEEXT_HUGE_PAGES=1. Whether the kernel grants the
-pages depends on the machine's memory, so the test checks the advice itself:
-the "hg" flag (MADV_HUGEPAGE) that /proc/self/smaps shows on the mapping
-holding the output, in a subprocess per setting (the switches are read
-once): forced on, forced off (PRUNEEXT_NO_HUGE_PAGES=1), and the default,
-which must follow this machine's THP settings."""
+outputs before the first write (csrc/cpu/huge_pages.h) where the user asks
+for it with PRUNEEXT_HUGE_PAGES=1, and never by default: the advice made
+pruning a model several times slower on the development VM under every
+defrag setting (issue 26). Whether the kernel grants the pages depends on
+the machine's memory, so the test checks the advice itself: the "hg" flag
+(MADV_HUGEPAGE) that /proc/self/smaps shows on the mapping holding the
+output, in a subprocess per setting (the switches are read once): asked
+for, switched off (PRUNEEXT_NO_HUGE_PAGES=1, which wins), and the default,
+whatever this machine's THP settings."""
 import os
 import subprocess
 import sys
@@ -56,11 +56,6 @@ def outputs():
     return before, [mask, values_out] + masks
 
 
-def thp_mode(name):
-    with open(f"/sys/kernel/mm/transparent_hugepage/{name}") as f:
-        return next(w.strip("[]") for w in f.read().split() if w.startswith("["))
-
-
 def advice_in_subprocess(**switches):
     """(before, [advised per output]) of outputs() in a fresh process."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -72,7 +67,7 @@ def advice_in_subprocess(**switches):
     return out.stdout.split("\n")[0]
 
 
-def test_forced_on():
+def test_asked_for():
     # a fresh tensor has no advice of its own: the op gave it
     assert advice_in_subprocess(PRUNEEXT_HUGE_PAGES="1") == "False [True, True, True, True]"
 
@@ -83,7 +78,5 @@ def test_switched_off():
     assert advice_in_subprocess(PRUNEEXT_NO_HUGE_PAGES="1", PRUNEEXT_HUGE_PAGES="1") == "False [False, False, False, False]"
 
 
-def test_default_follows_the_thp_settings():
-    stall_free = thp_mode("enabled") in ("always", "madvise") and thp_mode("defrag") in ("defer", "never")
-    want = str([stall_free] * 4)
-    assert advice_in_subprocess() == f"False {want}", (thp_mode("enabled"), thp_mode("defrag"))
+def test_no_advice_by_default():
+    assert advice_in_subprocess() == "False [False, False, False, False]"

@@ -1,5 +1,5 @@
-// The CPU kernels' off switches (PRUNEEXT_NO_AVX512, PRUNEEXT_NO_HUGE_PAGES):
-// an environment variable is on when it is exactly "1".
+// The CPU kernels' switches (PRUNEEXT_NO_AVX512, PRUNEEXT_HUGE_PAGES,
+// PRUNEEXT_NO_HUGE_PAGES): an environment variable is on when it is exactly "1".
 #pragma once
 
 #include <cstdlib>

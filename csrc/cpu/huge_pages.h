@@ -1,32 +1,29 @@
-// Transparent huge pages for the large outputs the CPU kernels write.
+// Transparent huge pages for the large outputs the CPU kernels write, where
+// the user asks for them (PRUNEEXT_HUGE_PAGES=1).
 //
 // A fresh CPU tensor is mapped lazily: its first write takes one page fault
-// per 4 KiB page, which on the machines measured here costs as much as
-// writing the tensor (a fresh 256 MB output about 50-60 ms of faults, the
-// copy into it about 24 ms). l1_unstructured hands back two fresh tensors (the
-// mask and the masked weight), so those faults were most of the call. Asked
-// before the first write, the kernel maps the output in 2 MiB pages where it
-// can: 512 times fewer faults. This is advice: the data and the allocation
-// are torch's and unchanged.
+// per 4 KiB page, which costs about as much as writing the tensor, and
+// l1_unstructured hands back two fresh tensors (the mask and the masked
+// weight). Asked before the first write, the kernel maps an output in 2 MiB
+// pages where it can: 512 times fewer faults. This is advice: the data and
+// the allocation are torch's and unchanged.
 //
-// When: only where the advice cannot stall. Under THP defrag "madvise",
-// "defer+madvise" or "always", a fault in an advised range compacts memory
-// first whenever no huge page is free, and on a machine whose memory is
-// fragmented that made the call 3-7x slower from one process to the next
-// (issue 26: l1_unstructured at 2^24 fp32 took 24 to 153 ms with the
-// advice, 34-42 ms without). Under defrag "defer" or "never" an advised
-// fault takes a huge page only if one is free, and a 4 KiB page otherwise.
-// So the advice is given where THP is "always" or "madvise" and defrag is
-// "defer" or "never"; PRUNEEXT_HUGE_PAGES=1 gives it whatever the setting,
-// PRUNEEXT_NO_HUGE_PAGES=1 never (how the benchmark shows what it does).
-// torch's own THP_MEM_ALLOC_ENABLE=1 advises every allocation.
+// Why not by default: where it was first measured a gain (the same call
+// repeated in one process, whose freed huge pages the next call reuses),
+// it is a loss the way a model is pruned, every output kept and so every
+// output new memory. On the 2-core VM (issue 26), l1_unstructured on eight
+// 4096 x 4096 fp32 Linears in one process took 175-230 ms a layer with
+// the advice and 35-42 ms without, under THP defrag "madvise" and "never"
+// alike, with no compaction stall counted (/proc/vmstat compact_stall 0):
+// it is the first touch of huge pages new to the process, not compaction,
+// so no THP setting tells where the advice would pay. A machine where it
+// does can ask for it; PRUNEEXT_NO_HUGE_PAGES=1 wins over it. torch's own
+// THP_MEM_ALLOC_ENABLE=1 advises every allocation.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <fstream>
-#include <string>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -38,28 +35,9 @@
 namespace pruneext {
 namespace cpu {
 
-// The bracketed word of a THP setting in sysfs ("" where it cannot be read).
-inline std::string thp_mode(const char* name) {
-  std::ifstream f(std::string("/sys/kernel/mm/transparent_hugepage/") + name);
-  std::string word;
-  while (f >> word) {
-    if (word.size() > 2 && word.front() == '[' && word.back() == ']') {
-      return word.substr(1, word.size() - 2);
-    }
-  }
-  return "";
-}
-
 // Whether to advise (see the top of this file); read once.
 inline bool advice_wanted() {
-  if (env_is_one("PRUNEEXT_NO_HUGE_PAGES")) {
-    return false;
-  }
-  if (env_is_one("PRUNEEXT_HUGE_PAGES")) {
-    return true;
-  }
-  const std::string enabled = thp_mode("enabled"), defrag = thp_mode("defrag");
-  return (enabled == "always" || enabled == "madvise") && (defrag == "defer" || defrag == "never");
+  return env_is_one("PRUNEEXT_HUGE_PAGES") && !env_is_one("PRUNEEXT_NO_HUGE_PAGES");
 }
 
 inline void advise_huge_pages(const at::Tensor& t) {
