@@ -12,9 +12,10 @@
 // repeated in one process, whose freed huge pages the next call reuses),
 // it is a loss the way a model is pruned, every output kept and so every
 // output new memory. On the 2-core VM (issue 26), l1_unstructured on eight
-// 4096 x 4096 fp32 Linears in one process took 175-230 ms a layer with
-// the advice and 35-42 ms without, under THP defrag "madvise" and "never"
-// alike, with no compaction stall counted (/proc/vmstat compact_stall 0):
+// 4096 x 4096 fp32 Linears in one process took 174-262 ms a layer with
+// the advice and 35-49 ms without (THP defrag "madvise"; the op's first
+// calls 3.5-4x slower with it under "never" too), with no compaction stall
+// counted (/proc/vmstat compact_stall 0):
 // it is the first touch of huge pages new to the process, not compaction,
 // so no THP setting tells where the advice would pay. A machine where it
 // does can ask for it; PRUNEEXT_NO_HUGE_PAGES=1 wins over it. torch's own
